@@ -1,0 +1,1 @@
+"""Datasets: VOC layout reader, embedded dataset generator, VOC/SBD download and preparation."""

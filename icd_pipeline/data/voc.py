@@ -1,0 +1,458 @@
+"""PASCAL VOC layout: class names, palette, split lists, labels, masks and torch Datasets.
+
+One reader serves real VOC 2012, the embedded (synthetic) dataset and any folder in VOC
+layout::
+
+    root/JPEGImages/<id>.jpg
+    root/SegmentationClassAug/<id>.png   (preferred when present)
+    root/SegmentationClass/<id>.png
+    root/Annotations/<id>.xml            (image-level labels), or root/image_labels.csv
+    root/ImageSets/Segmentation/<split>.txt
+    root/dataset.json                    (optional: class names; VOC's 20 classes otherwise)
+
+Class ids follow VOC: 0 is background, 1..K are object classes, 255 is void. Image-level
+labels are K-dim multi-hot vectors over the object classes (index c-1 for class id c).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane", "bicycle", "bird", "boat", "bottle",
+    "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person",
+    "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOID = 255
+# ImageNet mean in [0, 1]: images are padded with it so that padding is ~0 after the
+# backbone's normalisation (the authors pad with their mean, 127, for the same reason).
+PAD_RGB = (0.485, 0.456, 0.406)
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the file and the problem."""
+
+
+def voc_palette(num_entries: int = 256) -> list[int]:
+    """The standard VOC colour map (bit-interleaved), flattened RGB, 256 entries."""
+    palette = []
+    for i in range(num_entries):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.extend((r, g, b))
+    return palette
+
+
+_PALETTE = voc_palette()
+
+
+def palette_array() -> np.ndarray:
+    return np.asarray(_PALETTE, dtype=np.uint8).reshape(256, 3)
+
+
+def write_palette_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a label map (uint8, values 0..K or 255) as an 8-bit palette PNG."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: mask must be 2-D, got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        if mask.min() < 0 or mask.max() > 255:
+            raise ValueError(f"{path}: mask values out of 0..255")
+        mask = mask.astype(np.uint8)
+    img = Image.fromarray(mask, mode="P")
+    img.putpalette(_PALETTE)
+    img.save(path, optimize=False)
+
+
+def read_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
+    """Read a palette (or greyscale) PNG as a uint8 label map; validate values if asked.
+
+    ``num_classes`` counts background, so valid values are 0..num_classes-1 and 255.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask file is missing")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise DataError(f"{path}: mask must be a palette or greyscale PNG, got mode {img.mode}")
+            mask = np.array(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: unreadable mask ({exc})") from exc
+    if num_classes is not None:
+        bad = (mask >= num_classes) & (mask != VOID)
+        if bad.any():
+            values = sorted(set(np.unique(mask[bad]).tolist()))
+            raise DataError(
+                f"{path}: mask value(s) {values} outside 0..{num_classes - 1} and {VOID}"
+            )
+    return mask
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as an RGB uint8 HxWx3 array; a truncated or unreadable file is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) read from the header only."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
+
+
+def read_split(path: str | Path) -> list[str]:
+    """One id per line; blank lines ignored. An empty or missing list is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split list is missing")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: split list is empty")
+    return ids
+
+
+def parse_xml_labels(path: str | Path, class_names: Sequence[str]) -> list[int]:
+    """Class ids (1-based) of the objects in a VOC XML annotation, sorted and unique.
+
+    Non-difficult objects only, falling back to the difficult ones when an image has no
+    other (as the ICD authors' loader does).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file is missing")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise DataError(f"{path}: malformed XML ({exc})") from exc
+    index = {name: i for i, name in enumerate(class_names)}
+    easy, difficult = set(), set()
+    for obj in root.iter("object"):
+        name_node = obj.find("name")
+        if name_node is None or not (name_node.text or "").strip():
+            raise DataError(f"{path}: <object> without <name>")
+        name = name_node.text.strip()
+        if name not in index or index[name] == 0:
+            raise DataError(f"{path}: unknown class name {name!r}")
+        diff = obj.find("difficult")
+        is_difficult = diff is not None and (diff.text or "0").strip() == "1"
+        (difficult if is_difficult else easy).add(index[name])
+    labels = easy or difficult
+    if not labels:
+        raise DataError(f"{path}: annotation has no <object>: no image-level label can be derived")
+    return sorted(labels)
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int) -> list[int]:
+    """Class ids (1-based) present in a label map (background and void left out)."""
+    values = np.unique(mask)
+    return [int(v) for v in values if 0 < v < num_classes]
+
+
+def multi_hot(class_ids: Sequence[int], num_fg: int) -> np.ndarray:
+    vec = np.zeros(num_fg, dtype=np.float32)
+    for c in class_ids:
+        vec[c - 1] = 1.0
+    return vec
+
+
+@dataclass
+class VOCLayout:
+    """A dataset folder in VOC layout. ``mask_dir`` and ``label_source`` are resolved once."""
+
+    root: Path
+    class_names: tuple[str, ...] = VOC_CLASSES
+    mask_dir: Path | None = None
+    label_source: str = "xml"  # "xml" | "csv" | "mask"
+    _csv_labels: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path, label_source: str = "auto") -> "VOCLayout":
+        root = Path(root)
+        if not (root / "JPEGImages").is_dir():
+            raise DataError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
+        class_names = VOC_CLASSES
+        meta = root / "dataset.json"
+        if meta.is_file():
+            try:
+                names = json.loads(meta.read_text())["class_names"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise DataError(f"{meta}: expected a JSON object with 'class_names' ({exc})") from exc
+            if not names or names[0] != "background":
+                raise DataError(f"{meta}: class_names must start with 'background'")
+            class_names = tuple(names)
+        mask_dir = None
+        for name in ("SegmentationClassAug", "SegmentationClass"):
+            if (root / name).is_dir():
+                mask_dir = root / name
+                break
+        layout = cls(root=root, class_names=class_names, mask_dir=mask_dir)
+        csv_path = root / "image_labels.csv"
+        if label_source == "auto":
+            if (root / "Annotations").is_dir():
+                label_source = "xml"
+            elif csv_path.is_file():
+                label_source = "csv"
+            elif mask_dir is not None:
+                label_source = "mask"
+            else:
+                raise DataError(
+                    f"{root}: no Annotations/, image_labels.csv or masks: image labels cannot be derived"
+                )
+        if label_source == "csv":
+            layout._csv_labels = _read_label_csv(csv_path, class_names)
+        layout.label_source = label_source
+        return layout
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background."""
+        return len(self.class_names)
+
+    @property
+    def num_fg(self) -> int:
+        return len(self.class_names) - 1
+
+    def split_path(self, split: str) -> Path:
+        return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+    def ids(self, split: str) -> list[str]:
+        return read_split(self.split_path(split))
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, image_id: str) -> Path:
+        if self.mask_dir is None:
+            raise DataError(f"{self.root}: no SegmentationClass(Aug)/ folder with masks")
+        return self.mask_dir / f"{image_id}.png"
+
+    def labels(self, image_id: str) -> list[int]:
+        """1-based class ids present in the image."""
+        if self.label_source == "xml":
+            return parse_xml_labels(self.root / "Annotations" / f"{image_id}.xml", self.class_names)
+        if self.label_source == "csv":
+            if image_id not in self._csv_labels:
+                raise DataError(f"{self.root / 'image_labels.csv'}: no row for id {image_id}")
+            return self._csv_labels[image_id]
+        return labels_from_mask(read_mask(self.mask_path(image_id), self.num_classes), self.num_classes)
+
+    def validate(self, split: str, check_masks: bool = True, check_labels: bool = True) -> list[str]:
+        """Check every listed id up front; raise DataError naming the first bad file."""
+        ids = self.ids(split)
+        for image_id in ids:
+            img = self.image_path(image_id)
+            if not img.is_file():
+                raise DataError(f"{img}: image listed in {self.split_path(split)} is missing")
+            if check_masks and self.mask_dir is not None:
+                mpath = self.mask_path(image_id)
+                mask_hw = read_mask(mpath, self.num_classes).shape
+                img_hw = image_size(img)
+                if mask_hw != img_hw:
+                    raise DataError(f"{mpath}: mask size {mask_hw} differs from image size {img_hw}")
+            if check_labels and not self.labels(image_id):
+                raise DataError(f"{image_id}: no image-level label (empty annotation)")
+        return ids
+
+
+def _read_label_csv(path: Path, class_names: Sequence[str]) -> dict[str, list[int]]:
+    """``id,split,<class columns...>`` with 0/1 values (the format of the real sample)."""
+    labels: dict[str, list[int]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in class_names[1:] if c not in (reader.fieldnames or [])]
+        if "id" not in (reader.fieldnames or []) or missing:
+            raise DataError(f"{path}: needs columns 'id' and {list(class_names[1:])}; missing {missing}")
+        for row in reader:
+            labels[row["id"]] = [i for i, c in enumerate(class_names) if i > 0 and row[c].strip() == "1"]
+    return labels
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def _resize(arr: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+    h, w = hw
+    if arr.dtype == np.uint8:
+        img = Image.fromarray(arr)
+        return np.asarray(img.resize((w, h), Image.NEAREST if nearest else Image.BILINEAR))
+    if not nearest:
+        raise ValueError("bilinear resize is only for uint8 images")
+    # integer maps (superpixel ids can exceed 255): nearest by index arithmetic
+    ys = np.minimum((np.arange(h) + 0.5) * arr.shape[0] / h, arr.shape[0] - 1).astype(np.int64)
+    xs = np.minimum((np.arange(w) + 0.5) * arr.shape[1] / w, arr.shape[1] - 1).astype(np.int64)
+    return arr[ys[:, None], xs[None, :]]
+
+
+@dataclass
+class TrainTransform:
+    """The paper's augmentation: random scale from ``scales``, horizontal flip, pad
+    bottom/right to ``crop_size``, random crop. Applied jointly to the image and any label
+    maps (nearest resampling, padded with their own fill value)."""
+
+    crop_size: int
+    scales: Sequence[float] = PAPER_SCALES
+    flip: bool = True
+    base_size: int | None = None  # resize the long side to this before scaling (None: keep)
+
+    def __call__(self, image: np.ndarray, maps: Sequence[np.ndarray] = (), fills: Sequence[int] = (),
+                 rng: random.Random | None = None):
+        rng = rng or random
+        h, w = image.shape[:2]
+        base = 1.0 if self.base_size is None else self.base_size / max(h, w)
+        s = base * rng.choice(list(self.scales))
+        nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        image = _resize(image, (nh, nw), nearest=False)
+        maps = [_resize(m, (nh, nw), nearest=True) for m in maps]
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+            maps = [m[:, ::-1] for m in maps]
+        c = self.crop_size
+        ph, pw = max(c - nh, 0), max(c - nw, 0)
+        img = image.astype(np.float32) / 255.0
+        if ph or pw:
+            padded = np.empty((nh + ph, nw + pw, 3), np.float32)
+            padded[:] = PAD_RGB
+            padded[:nh, :nw] = img
+            img = padded
+            new_maps = []
+            for m, fill in zip(maps, fills):
+                pm = np.full((nh + ph, nw + pw), fill, dtype=m.dtype)
+                pm[:nh, :nw] = m
+                new_maps.append(pm)
+            maps = new_maps
+        top = rng.randint(0, img.shape[0] - c)
+        left = rng.randint(0, img.shape[1] - c)
+        img = img[top:top + c, left:left + c]
+        maps = [m[top:top + c, left:left + c] for m in maps]
+        return (torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+                [torch.from_numpy(np.ascontiguousarray(m)) for m in maps])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """Plain inference transform: uint8 HxWx3 -> float 3xHxW in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class ClassificationDataset(torch.utils.data.Dataset):
+    """(image, multi-hot label) for ICD training; optionally with superpixel maps.
+
+    ``superpixels``: a callable id -> int map of the image's size (HxW), transformed with
+    the image; the padded area gets its own id (max + 1), as the authors' loader does.
+    ``transform``: a TrainTransform, or None for the plain inference transform.
+    """
+
+    def __init__(self, layout: VOCLayout, split: str, transform: TrainTransform | None = None,
+                 superpixels: Callable[[str], np.ndarray] | None = None, seed: int = 0):
+        self.layout = layout
+        self.split = split
+        self.ids = layout.ids(split)
+        self.labels = {i: multi_hot(layout.labels(i), layout.num_fg) for i in self.ids}
+        self.transform = transform
+        self.superpixels = superpixels
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        image = read_image(self.layout.image_path(image_id))
+        out = {"id": image_id, "label": torch.from_numpy(self.labels[image_id]),
+               "size": torch.tensor(image.shape[:2])}
+        if self.transform is None:
+            out["image"] = to_tensor(image)
+            if self.superpixels is not None:
+                out["superpixels"] = torch.from_numpy(self.superpixels(image_id).astype(np.int64))
+            return out
+        # per-sample RNG from (seed, epoch, index): reproducible whatever the worker count
+        rng = random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF)
+        maps, fills = [], []
+        if self.superpixels is not None:
+            sp = self.superpixels(image_id).astype(np.int32)
+            maps.append(sp)
+            fills.append(int(sp.max()) + 1)
+        img, maps = self.transform(image, maps, fills, rng=rng)
+        out["image"] = img
+        if maps:
+            out["superpixels"] = maps[0].long()
+        return out
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image, mask) for DeepLab training/evaluation. ``mask_dir`` overrides the ground
+    truth folder (pseudo-masks); masks are validated against the class count."""
+
+    def __init__(self, layout: VOCLayout, split: str, transform: TrainTransform | None = None,
+                 mask_dir: str | Path | None = None, seed: int = 0):
+        self.layout = layout
+        self.split = split
+        self.ids = layout.ids(split)
+        self.mask_dir = Path(mask_dir) if mask_dir is not None else None
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def mask_path(self, image_id: str) -> Path:
+        if self.mask_dir is not None:
+            return self.mask_dir / f"{image_id}.png"
+        return self.layout.mask_path(image_id)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        image = read_image(self.layout.image_path(image_id))
+        mpath = self.mask_path(image_id)
+        mask = read_mask(mpath, self.layout.num_classes)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{mpath}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+        out = {"id": image_id, "size": torch.tensor(image.shape[:2])}
+        if self.transform is None:
+            out["image"] = to_tensor(image)
+            out["mask"] = torch.from_numpy(mask.astype(np.int64))
+            return out
+        rng = random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF)
+        img, (m,) = self.transform(image, [mask], [VOID], rng=rng)
+        out["image"] = img
+        out["mask"] = m.long()
+        return out

@@ -1,0 +1,1 @@
+"""Small helpers shared by the stages: atomic outputs, device choice, seeding, logging."""
