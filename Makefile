@@ -1,0 +1,35 @@
+# Two commands (README quick start):
+#   make run    set up .venv if needed, then run the whole default DAG on the embedded dataset
+#   make test   set up .venv if needed, then run the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+# torch/torchvision pinned for the install (they install from local disk on the project's
+# machines); pyproject.toml itself declares ranges.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup run test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python >= 3.11 needed; set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e ".[test,slurm]"
+	touch $@
+
+run: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -ra
+
+lint: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow Snakefile
+
+clean:
+	rm -rf results .snakemake

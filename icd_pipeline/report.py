@@ -1,0 +1,88 @@
+"""Run summary: pseudo-mask table, final mIoU (pseudo vs full supervision) and stage times.
+
+    python -m icd_pipeline.report --dataset NAME --pseudo-table table.csv \
+        --deeplab-pseudo pseudo/summary.json --deeplab-full full/summary.json \
+        --benchmarks results/NAME/benchmarks --out-md summary.md --out-csv summary.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from icd_pipeline.misc.io import atomic_path
+
+
+def read_benchmarks(folder: str | Path) -> pd.DataFrame:
+    """One row per Snakemake ``benchmark:`` TSV: stage, wall seconds, peak RSS (MB)."""
+    rows = []
+    for tsv in sorted(Path(folder).glob("*.tsv")):
+        df = pd.read_csv(tsv, sep="\t")
+        if df.empty:
+            continue
+        rss = pd.to_numeric(df["max_rss"], errors="coerce")
+        rows.append({"stage": tsv.stem, "seconds": float(df["s"].iloc[-1]),
+                     "max_rss_mb": float(rss.iloc[-1]) if rss.notna().iloc[-1] else float("nan")})
+    return pd.DataFrame(rows, columns=["stage", "seconds", "max_rss_mb"])
+
+
+def summary_rows(pseudo_table: pd.DataFrame, deeplab_pseudo: dict, deeplab_full: dict) -> pd.DataFrame:
+    rows = [{"metric": f"pseudo-mask mIoU ({row.method})", "value": float(row.miou)}
+            for row in pseudo_table.itertuples()]
+    rows += [{"metric": f"pseudo-mask mIoU, 255 left out ({row.method})", "value": float(row.miou_authors)}
+             for row in pseudo_table.itertuples()]
+    rows.append({"metric": "DeepLab val mIoU (trained on ICD+CRF pseudo-masks)", "value": deeplab_pseudo["miou"]})
+    rows.append({"metric": "DeepLab val mIoU (fully supervised)", "value": deeplab_full["miou"]})
+    ratio = deeplab_pseudo["miou"] / deeplab_full["miou"] if deeplab_full["miou"] else float("nan")
+    rows.append({"metric": "fraction of full supervision", "value": ratio})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame, float_fmt: str = "{:.4f}") -> str:
+    """A plain Markdown table (no extra dependency)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = [float_fmt.format(v) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--pseudo-table", required=True)
+    parser.add_argument("--deeplab-pseudo", required=True)
+    parser.add_argument("--deeplab-full", required=True)
+    parser.add_argument("--benchmarks", required=True)
+    parser.add_argument("--out-md", required=True)
+    parser.add_argument("--out-csv", required=True)
+    args = parser.parse_args(argv)
+    try:
+        table = pd.read_csv(args.pseudo_table)
+        pseudo = json.loads(Path(args.deeplab_pseudo).read_text())
+        full = json.loads(Path(args.deeplab_full).read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = summary_rows(table, pseudo, full)
+    bench = read_benchmarks(args.benchmarks)
+    with atomic_path(args.out_csv) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.6f")
+    md = [f"# icd-pipeline summary: {args.dataset}", "",
+          "## Pseudo-masks (training split)", "", to_markdown(table), "",
+          "## Final segmentation (validation split)", "",
+          to_markdown(summary[summary.metric.str.startswith(("DeepLab", "fraction"))]), "",
+          "## Stage wall time and peak memory", "", to_markdown(bench, "{:.1f}"), ""]
+    with atomic_path(args.out_md) as tmp:
+        tmp.write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+# Helpers shared by every rule file: config validation, paths, per-stage params.
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASET = config["dataset"]["name"]
+RES = f"results/{DATASET}"
+LOGS = f"{RES}/logs"
+BENCH = f"{RES}/benchmarks"
+TRAIN_SPLIT = config["dataset"]["train_split"]
+EVAL_SPLIT = config["dataset"]["eval_split"]
+PACKAGE = Path(workflow.basedir) / "icd_pipeline"
+
+# The interpreter that runs Snakemake runs the stages too, so `.venv/bin/snakemake` works
+# without activating the venv; with --sdm conda each rule's env provides `python`.
+PY = "python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable
+
+
+def data_root():
+    """The VOC-layout folder the stages read: generated/prepared under results/, or the
+    user's own folder for dataset.source = folder."""
+    if config["dataset"]["source"] == "folder":
+        return config["dataset"]["root"]
+    return f"{RES}/data"
+
+
+def stage_config(*sections):
+    """The config sections a stage reads, as stable JSON: a rule param, so editing one of
+    these sections reruns the stage (and everything downstream), and nothing else does."""
+    return json.dumps(
+        {s: config[s] for s in sections}, sort_keys=True, separators=(",", ":")
+    )
+
+
+def code_hash(*modules):
+    """Hash of the package modules a stage runs (files or folders under icd_pipeline/).
+    Snakemake does not see modules imported by a shell command; as a param, an edit to
+    any of them reruns the stage. Shared helpers (config, misc, data/voc) are always in."""
+    paths = []
+    for name in ("config.py", "misc", "data/voc.py", "__init__.py") + modules:
+        p = PACKAGE / name
+        paths.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.relative_to(PACKAGE).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]

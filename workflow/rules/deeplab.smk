@@ -1,0 +1,126 @@
+# Stage "deeplab": the segmentation network trained on ICD+CRF pseudo-masks ("pseudo") and,
+# with the same recipe and budget, on the ground-truth masks ("full", the upper bound).
+
+DEEPLAB_TARGETS = ["pseudo", "full"]
+
+
+wildcard_constraints:
+    target="pseudo|full",
+
+
+def deeplab_masks(wildcards):
+    if wildcards.target == "pseudo":
+        return {"masks": rules.make_pseudo_masks.output.masks}
+    return {"manifest": f"{RES}/data/manifest.json"}
+
+
+def mask_dir_arg(wildcards, input):
+    if wildcards.target == "pseudo":
+        return f"--mask-dir {input.masks}/icd_crf"
+    return ""
+
+
+rule train_deeplab:
+    input:
+        unpack(deeplab_masks),
+    output:
+        model=f"{RES}/deeplab/{{target}}/model.pt",
+        metrics=f"{RES}/deeplab/{{target}}/metrics.csv",
+        curve=report(
+            f"{RES}/deeplab/{{target}}/loss_curve.png",
+            caption="../report/deeplab_loss_curve.rst",
+            category="3. DeepLab",
+            labels={"trained on": "{target}"},
+        ),
+    params:
+        cfg=stage_config("seed", "device", "deeplab"),
+        code=code_hash("train_deeplab.py", "models"),
+        root=data_root(),
+        mask_dir=mask_dir_arg,
+    log:
+        f"{LOGS}/train_deeplab_{{target}}.log",
+    benchmark:
+        f"{BENCH}/train_deeplab_{{target}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.train_deeplab --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {TRAIN_SPLIT} {params.mask_dir}"
+        " --out-dir {RES}/deeplab/{wildcards.target} > {log} 2>&1"
+
+
+rule infer_deeplab:
+    input:
+        model=f"{RES}/deeplab/{{target}}/model.pt",
+    output:
+        predictions=directory(f"{RES}/deeplab/{{target}}/predictions"),
+        per_class=f"{RES}/deeplab/{{target}}/per_class.csv",
+        summary=f"{RES}/deeplab/{{target}}/summary.json",
+    params:
+        cfg=stage_config("device", "deeplab", "pseudo_masks"),
+        code=code_hash("infer_deeplab.py", "evaluate.py", "crf.py", "models"),
+        root=data_root(),
+    log:
+        f"{LOGS}/infer_deeplab_{{target}}.log",
+    benchmark:
+        f"{BENCH}/infer_deeplab_{{target}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.infer_deeplab --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {EVAL_SPLIT} --checkpoint {input.model}"
+        " --pred-dir {output.predictions} --out-csv {output.per_class}"
+        " --out-json {output.summary} > {log} 2>&1"
+
+
+rule deeplab_pictures:
+    input:
+        pseudo=f"{RES}/deeplab/pseudo/predictions",
+        full=f"{RES}/deeplab/full/predictions",
+        per_class_pseudo=f"{RES}/deeplab/pseudo/per_class.csv",
+        per_class_full=f"{RES}/deeplab/full/per_class.csv",
+    output:
+        grid=report(
+            f"{RES}/deeplab/grid.png",
+            caption="../report/deeplab_grid.rst",
+            category="3. DeepLab",
+        ),
+        bars=report(
+            f"{RES}/deeplab/per_class_iou.png",
+            caption="../report/deeplab_bars.rst",
+            category="3. DeepLab",
+        ),
+    params:
+        code=code_hash("deeplab_pictures.py"),
+        root=data_root(),
+    log:
+        f"{LOGS}/deeplab_pictures.log",
+    benchmark:
+        f"{BENCH}/deeplab_pictures.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.deeplab_pictures --data-root {params.root} --split {EVAL_SPLIT}"
+        " --pred-pseudo {input.pseudo} --pred-full {input.full}"
+        " --per-class-pseudo {input.per_class_pseudo} --per-class-full {input.per_class_full}"
+        " --out-grid {output.grid} --out-bars {output.bars} > {log} 2>&1"
+
+
+rule deeplab:
+    input:
+        expand(f"{RES}/deeplab/{{target}}/summary.json", target=DEEPLAB_TARGETS),
+        rules.deeplab_pictures.output,

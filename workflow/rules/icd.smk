@@ -1,0 +1,98 @@
+# Stages "icd" (superpixels + classifier/ICD training) and "maps" (CAM/ICD logits to HDF5).
+
+
+rule superpixels:
+    input:
+        manifest=f"{RES}/data/manifest.json",
+    output:
+        h5=f"{RES}/superpixels/{{split}}.h5",
+    params:
+        cfg=stage_config("superpixels", "device"),
+        code=code_hash("superpixels.py", "models/backbones.py"),
+        root=data_root(),
+    log:
+        f"{LOGS}/superpixels_{{split}}.log",
+    benchmark:
+        f"{BENCH}/superpixels_{{split}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.superpixels --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
+
+
+rule train_icd:
+    input:
+        manifest=f"{RES}/data/manifest.json",
+        superpixels=f"{RES}/superpixels/{TRAIN_SPLIT}.h5",
+    output:
+        model=f"{RES}/icd/model.pt",
+        metrics=report(
+            f"{RES}/icd/metrics.csv",
+            caption="../report/icd_metrics.rst",
+            category="1. ICD training",
+        ),
+        curve=report(
+            f"{RES}/icd/loss_curve.png",
+            caption="../report/icd_loss_curve.rst",
+            category="1. ICD training",
+        ),
+    params:
+        cfg=stage_config("seed", "device", "icd"),
+        code=code_hash("train_icd.py", "models", "losses.py", "viz.py", "superpixels.py"),
+        root=data_root(),
+    log:
+        f"{LOGS}/train_icd.log",
+    benchmark:
+        f"{BENCH}/train_icd.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.train_icd --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {TRAIN_SPLIT}"
+        " --superpixels {input.superpixels} --out-dir {RES}/icd > {log} 2>&1"
+
+
+rule extract_maps:
+    input:
+        model=rules.train_icd.output.model,
+    output:
+        h5=f"{RES}/maps/{{split}}.h5",
+    params:
+        cfg=stage_config("device", "maps"),
+        code=code_hash("extract_maps.py", "maps_io.py", "models"),
+        root=data_root(),
+    log:
+        f"{LOGS}/extract_maps_{{split}}.log",
+    benchmark:
+        f"{BENCH}/extract_maps_{{split}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {wildcards.split}"
+        " --checkpoint {input.model} --out {output.h5} > {log} 2>&1"
+
+
+rule icd:
+    input:
+        rules.train_icd.output,
+
+
+rule maps:
+    input:
+        f"{RES}/maps/{TRAIN_SPLIT}.h5",

@@ -1,0 +1,42 @@
+# Stage "report": one summary (Markdown + CSV) for people who do not open the HTML report,
+# and the final mIoU table for `snakemake --report`.
+
+
+rule summarize:
+    input:
+        table=rules.eval_pseudo_masks.output.table,
+        summaries=expand(
+            f"{RES}/deeplab/{{target}}/summary.json", target=DEEPLAB_TARGETS
+        ),
+        pictures=rules.deeplab_pictures.output,
+        grid=rules.pseudo_mask_pictures.output.grid,
+    output:
+        md=f"{RES}/report/summary.md",
+        csv=report(
+            f"{RES}/report/summary.csv",
+            caption="../report/summary.rst",
+            category="4. Summary",
+        ),
+    params:
+        code=code_hash("report.py"),
+        bench=BENCH,
+    log:
+        f"{LOGS}/summarize.log",
+    benchmark:
+        f"{BENCH}/summarize.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    shell:
+        "{PY} -m icd_pipeline.report --dataset {DATASET}"
+        " --pseudo-table {input.table} --deeplab-pseudo {RES}/deeplab/pseudo/summary.json"
+        " --deeplab-full {RES}/deeplab/full/summary.json --benchmarks {params.bench}"
+        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule report:
+    input:
+        rules.summarize.output,
