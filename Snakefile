@@ -5,9 +5,12 @@
 #   snakemake --cores 2 all --configfile workflow/presets/voc2012.yaml
 #
 # Stages: data -> superpixels -> icd -> maps -> pseudo_masks -> deeplab -> report.
+import os
 
 
-configfile: "config.yaml"
+# The default config sits beside this file, so `--directory` and `--snakefile` work from anywhere;
+# --configfile / --config override it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -21,7 +21,11 @@ PACKAGE = Path(workflow.basedir) / "icd_pipeline"
 
 # The interpreter that runs Snakemake runs the stages too, so `.venv/bin/snakemake` works
 # without activating the venv; with --sdm conda each rule's env provides `python`.
-PY = "python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable
+PY = (
+    "python"
+    if "conda" in str(workflow.deployment_settings.deployment_method).lower()
+    else sys.executable
+)
 
 
 def data_root():
@@ -34,7 +38,8 @@ def data_root():
 
 def stage_config(*sections):
     """The config sections a stage reads, as stable JSON: a rule param, so editing one of
-    these sections reruns the stage (and everything downstream), and nothing else does."""
+    these sections reruns the stage (and everything downstream), and nothing else does.
+    """
     return json.dumps(
         {s: config[s] for s in sections}, sort_keys=True, separators=(",", ":")
     )
@@ -43,7 +48,8 @@ def stage_config(*sections):
 def code_hash(*modules):
     """Hash of the package modules a stage runs (files or folders under icd_pipeline/).
     Snakemake does not see modules imported by a shell command; as a param, an edit to
-    any of them reruns the stage. Shared helpers (config, misc, data/voc) are always in."""
+    any of them reruns the stage. Shared helpers (config, misc, data/voc) are always in.
+    """
     paths = []
     for name in ("config.py", "misc", "data/voc.py", "__init__.py") + modules:
         p = PACKAGE / name

@@ -8,19 +8,19 @@ if SOURCE == "synthetic":
     rule make_embedded_dataset:
         output:
             manifest=f"{RES}/data/manifest.json",
-        params:
-            cfg=stage_config("seed", "dataset"),
-            code=code_hash("data/synthetic.py"),
         log:
             f"{LOGS}/make_embedded_dataset.log",
         benchmark:
             f"{BENCH}/make_embedded_dataset.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
         threads: 1
         resources:
             mem_mb=2000,
             runtime=30,
-        conda:
-            "../../envs/icd-pipeline.yaml"
+        params:
+            cfg=stage_config("seed", "dataset"),
+            code=code_hash("data/synthetic.py"),
         shell:
             "{PY} -m icd_pipeline.data.synthetic --config-json {params.cfg:q}"
             " --out {RES}/data > {log} 2>&1"
@@ -33,19 +33,19 @@ elif SOURCE == "voc2012":
     rule download_voc:
         output:
             done=f"{RES}/downloads/extracted.json",
-        params:
-            cfg=stage_config("dataset"),
-            code=code_hash("data/download.py"),
         log:
             f"{LOGS}/download_voc.log",
         benchmark:
             f"{BENCH}/download_voc.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
         threads: 1
         resources:
             mem_mb=2000,
             runtime=240,
-        conda:
-            "../../envs/icd-pipeline.yaml"
+        params:
+            cfg=stage_config("dataset"),
+            code=code_hash("data/download.py"),
         shell:
             "{PY} -m icd_pipeline.data.download --config-json {params.cfg:q}"
             " --out-dir {RES}/downloads > {log} 2>&1"
@@ -55,19 +55,19 @@ elif SOURCE == "voc2012":
             done=rules.download_voc.output.done,
         output:
             manifest=f"{RES}/data/manifest.json",
-        params:
-            cfg=stage_config("dataset"),
-            code=code_hash("data/prepare.py"),
         log:
             f"{LOGS}/prepare_voc.log",
         benchmark:
             f"{BENCH}/prepare_voc.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
         threads: 1
         resources:
             mem_mb=4000,
             runtime=120,
-        conda:
-            "../../envs/icd-pipeline.yaml"
+        params:
+            cfg=stage_config("dataset"),
+            code=code_hash("data/prepare.py"),
         shell:
             "{PY} -m icd_pipeline.data.prepare voc --config-json {params.cfg:q}"
             " --downloads {RES}/downloads --out {RES}/data > {log} 2>&1"
@@ -77,19 +77,19 @@ else:
     rule validate_dataset:
         output:
             manifest=f"{RES}/data/manifest.json",
-        params:
-            cfg=stage_config("dataset"),
-            code=code_hash("data/prepare.py"),
         log:
             f"{LOGS}/validate_dataset.log",
         benchmark:
             f"{BENCH}/validate_dataset.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
         threads: 1
         resources:
             mem_mb=2000,
             runtime=30,
-        conda:
-            "../../envs/icd-pipeline.yaml"
+        params:
+            cfg=stage_config("dataset"),
+            code=code_hash("data/prepare.py"),
         shell:
             "{PY} -m icd_pipeline.data.prepare folder --config-json {params.cfg:q}"
             " --out-manifest {output.manifest} > {log} 2>&1"

@@ -32,22 +32,22 @@ rule train_deeplab:
             category="3. DeepLab",
             labels={"trained on": "{target}"},
         ),
-    params:
-        cfg=stage_config("seed", "device", "deeplab"),
-        code=code_hash("train_deeplab.py", "models"),
-        root=data_root(),
-        mask_dir=mask_dir_arg,
     log:
         f"{LOGS}/train_deeplab_{{target}}.log",
     benchmark:
         f"{BENCH}/train_deeplab_{{target}}.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("seed", "device", "deeplab"),
+        code=code_hash("train_deeplab.py", "models"),
+        root=data_root(),
+        mask_dir=mask_dir_arg,
     shell:
         "{PY} -m icd_pipeline.train_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {TRAIN_SPLIT} {params.mask_dir}"
@@ -61,21 +61,21 @@ rule infer_deeplab:
         predictions=directory(f"{RES}/deeplab/{{target}}/predictions"),
         per_class=f"{RES}/deeplab/{{target}}/per_class.csv",
         summary=f"{RES}/deeplab/{{target}}/summary.json",
-    params:
-        cfg=stage_config("device", "deeplab", "pseudo_masks"),
-        code=code_hash("infer_deeplab.py", "evaluate.py", "crf.py", "models"),
-        root=data_root(),
     log:
         f"{LOGS}/infer_deeplab_{{target}}.log",
     benchmark:
         f"{BENCH}/infer_deeplab_{{target}}.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=1,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("device", "deeplab", "pseudo_masks"),
+        code=code_hash("infer_deeplab.py", "evaluate.py", "crf.py", "models"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.infer_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {EVAL_SPLIT} --checkpoint {input.model}"
@@ -100,19 +100,19 @@ rule deeplab_pictures:
             caption="../report/deeplab_bars.rst",
             category="3. DeepLab",
         ),
-    params:
-        code=code_hash("deeplab_pictures.py"),
-        root=data_root(),
     log:
         f"{LOGS}/deeplab_pictures.log",
     benchmark:
         f"{BENCH}/deeplab_pictures.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        code=code_hash("deeplab_pictures.py"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.deeplab_pictures --data-root {params.root} --split {EVAL_SPLIT}"
         " --pred-pseudo {input.pseudo} --pred-full {input.full}"

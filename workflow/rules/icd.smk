@@ -6,20 +6,20 @@ rule superpixels:
         manifest=f"{RES}/data/manifest.json",
     output:
         h5=f"{RES}/superpixels/{{split}}.h5",
-    params:
-        cfg=stage_config("superpixels", "device"),
-        code=code_hash("superpixels.py", "models/backbones.py"),
-        root=data_root(),
     log:
         f"{LOGS}/superpixels_{{split}}.log",
     benchmark:
         f"{BENCH}/superpixels_{{split}}.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("superpixels", "device"),
+        code=code_hash("superpixels.py", "models/backbones.py"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.superpixels --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
@@ -41,21 +41,23 @@ rule train_icd:
             caption="../report/icd_loss_curve.rst",
             category="1. ICD training",
         ),
-    params:
-        cfg=stage_config("seed", "device", "icd"),
-        code=code_hash("train_icd.py", "models", "losses.py", "viz.py", "superpixels.py"),
-        root=data_root(),
     log:
         f"{LOGS}/train_icd.log",
     benchmark:
         f"{BENCH}/train_icd.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("seed", "device", "icd"),
+        code=code_hash(
+            "train_icd.py", "models", "losses.py", "viz.py", "superpixels.py"
+        ),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.train_icd --config-json {params.cfg:q}"
         " --data-root {params.root} --split {TRAIN_SPLIT}"
@@ -67,21 +69,21 @@ rule extract_maps:
         model=rules.train_icd.output.model,
     output:
         h5=f"{RES}/maps/{{split}}.h5",
-    params:
-        cfg=stage_config("device", "maps"),
-        code=code_hash("extract_maps.py", "maps_io.py", "models"),
-        root=data_root(),
     log:
         f"{LOGS}/extract_maps_{{split}}.log",
     benchmark:
         f"{BENCH}/extract_maps_{{split}}.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=1,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("device", "maps"),
+        code=code_hash("extract_maps.py", "maps_io.py", "models"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"

@@ -7,20 +7,20 @@ rule make_pseudo_masks:
         maps=f"{RES}/maps/{TRAIN_SPLIT}.h5",
     output:
         masks=directory(f"{RES}/pseudo_masks/masks"),
-    params:
-        cfg=stage_config("pseudo_masks"),
-        code=code_hash("make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"),
-        root=data_root(),
     log:
         f"{LOGS}/make_pseudo_masks.log",
     benchmark:
         f"{BENCH}/make_pseudo_masks.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        cfg=stage_config("pseudo_masks"),
+        code=code_hash("make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.make_pseudo_masks --config-json {params.cfg:q}"
         " --data-root {params.root} --split {TRAIN_SPLIT}"
@@ -37,19 +37,19 @@ rule eval_pseudo_masks:
             category="2. Pseudo-masks",
         ),
         per_class=f"{RES}/pseudo_masks/per_class.csv",
-    params:
-        code=code_hash("eval_pseudo_masks.py", "evaluate.py"),
-        root=data_root(),
     log:
         f"{LOGS}/eval_pseudo_masks.log",
     benchmark:
         f"{BENCH}/eval_pseudo_masks.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        code=code_hash("eval_pseudo_masks.py", "evaluate.py"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.eval_pseudo_masks --data-root {params.root} --split {TRAIN_SPLIT}"
         " --masks-dir {input.masks} --out-table {output.table}"
@@ -66,19 +66,19 @@ rule pseudo_mask_pictures:
             caption="../report/pseudo_mask_grid.rst",
             category="2. Pseudo-masks",
         ),
-    params:
-        code=code_hash("pictures.py", "maps_io.py"),
-        root=data_root(),
     log:
         f"{LOGS}/pseudo_mask_pictures.log",
     benchmark:
         f"{BENCH}/pseudo_mask_pictures.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        code=code_hash("pictures.py", "maps_io.py"),
+        root=data_root(),
     shell:
         "{PY} -m icd_pipeline.pictures pseudo-masks --data-root {params.root} --split {TRAIN_SPLIT}"
         " --maps {input.maps} --masks-dir {input.masks} --out {output.grid} > {log} 2>&1"

