@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import posixpath
-import shutil
 import socket
 import sys
 import tarfile

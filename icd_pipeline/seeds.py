@@ -1,0 +1,142 @@
+"""Seeds from ICD scores and the CAM baseline (spec 5.2), as pure numpy functions.
+
+Inputs are per-image maps of the *present* classes only (K = number of classes in the
+image-level label), sorted by class id, at image resolution (see :func:`upsample_maps`).
+Outputs are uint8 label maps: 0 background, class id on foreground, 255 ignore.
+
+Geometry of :func:`upsample_maps`. The maps file stores maps on the feature grid of the
+network input, which is the image scaled by ``input_scale`` and padded bottom/right. The
+part of the grid that covers the image is ``maps[:, :vh, :vw]`` (``valid_hw``); it is
+resized bilinearly, with PyTorch/OpenCV ``align_corners=False`` semantics (pixel centres at
+``i + 0.5``, source coordinate ``(y + 0.5) * vh / H - 0.5`` clamped to the grid, edge
+replicated), to the image size ``(H, W)``. The official code resizes to the padded size and
+crops instead; with a valid region that is a whole number of cells the two agree up to the
+sub-cell offset of the crop boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+VOID = 255
+EPS = 1e-5
+
+
+def _linear_weights(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices i0, i1 and weight of i1 for resizing ``in_len`` samples to ``out_len``
+    (align_corners=False, edges clamped)."""
+    src = (np.arange(out_len, dtype=np.float64) + 0.5) * (in_len / out_len) - 0.5
+    src = np.clip(src, 0.0, in_len - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    return i0, i1, src - i0
+
+
+def resize_bilinear(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (K, h, w) stack to (K, H, W), align_corners=False, float32."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (K, h, w), got shape {maps.shape}")
+    H, W = int(out_hw[0]), int(out_hw[1])
+    _, h, w = maps.shape
+    if (h, w) == (H, W):
+        return maps.copy()
+    y0, y1, wy = _linear_weights(H, h)
+    x0, x1, wx = _linear_weights(W, w)
+    wy = wy.astype(np.float32)[None, :, None]
+    wx = wx.astype(np.float32)[None, None, :]
+    rows = maps[:, y0, :] * (1 - wy) + maps[:, y1, :] * wy          # (K, H, w)
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx           # (K, H, W)
+
+
+def upsample_maps(maps: np.ndarray, out_hw: tuple[int, int],
+                  valid_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Crop the map grid to ``valid_hw`` (the cells covering the image; all of it when None)
+    and resize it bilinearly (align_corners=False) to the image size ``out_hw``."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (K, h, w), got shape {maps.shape}")
+    if valid_hw is not None:
+        vh, vw = int(valid_hw[0]), int(valid_hw[1])
+        if not (0 < vh <= maps.shape[1] and 0 < vw <= maps.shape[2]):
+            raise ValueError(f"valid_hw {valid_hw} outside the map grid {maps.shape[1:]}")
+        maps = maps[:, :vh, :vw]
+    return resize_bilinear(maps, out_hw)
+
+
+def _check(td: np.ndarray, class_ids: Sequence[int], name: str) -> None:
+    if td.ndim != 3:
+        raise ValueError(f"{name} must be (K, H, W), got shape {td.shape}")
+    if td.shape[0] != len(class_ids):
+        raise ValueError(f"{name} has {td.shape[0]} maps for {len(class_ids)} class ids")
+    if len(class_ids) == 0:
+        raise ValueError("no class ids: an image needs at least one image-level label")
+    if any(not (0 < int(c) < VOID) for c in class_ids):
+        raise ValueError(f"class ids must be in 1..254, got {list(class_ids)}")
+
+
+def minmax_normalise(x: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min) over the whole array (jointly over classes and pixels)."""
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / max(hi - lo, EPS)
+
+
+def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int]) -> np.ndarray:
+    """ICD seed (spec 5.2; the official ``_generate_seed`` without saliency).
+
+    ``td``: top-down ICD logits T (K, H, W); ``cam``: CAM logits (K, H, W), needed when K > 1;
+    ``class_ids``: the K present class ids (1-based) in map order.
+
+    - P_c = max(T_c, 0) / max(max T_c, 1e-5); fg_c = P_c > 1e-5; candidate = first fg class.
+    - K > 1: Q = N(ReLU(CAM)) * P with N a min-max normalisation over the whole K x H x W
+      array; where several classes propose foreground the class is argmax_c Q_c.
+    - FG = any fg_c. BG = for every class min(T_c, 0) / min(min T_c, -1e-5) > 1e-5.
+    - ignore = not (FG xor BG); with K > 1 also FG pixels where max_c Q - min_c Q <= 1e-5.
+    - label = class id on FG, 0 on BG, 255 on ignore.
+    """
+    td = np.asarray(td, dtype=np.float32)
+    _check(td, class_ids, "td")
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    k = td.shape[0]
+    p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
+    proposal = p > EPS
+    candidate = proposal.argmax(axis=0)
+    q = None
+    if k > 1:
+        if cam is None:
+            raise ValueError("cam maps are needed to resolve conflicts when K > 1")
+        cam = np.asarray(cam, dtype=np.float32)
+        if cam.shape != td.shape:
+            raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
+        q = minmax_normalise(np.maximum(cam, 0)) * p
+        conflict = proposal.sum(axis=0) > 1
+        candidate = np.where(conflict, q.argmax(axis=0), candidate)
+    fg = proposal.any(axis=0)
+    neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
+    bg = (neg > EPS).all(axis=0)
+    ignore = ~(fg ^ bg)
+    if q is not None:
+        ignore |= ((q.max(axis=0) - q.min(axis=0)) <= EPS) & fg
+    seed = labels[candidate]
+    seed[bg] = 0
+    seed[ignore] = VOID
+    return seed
+
+
+def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
+    """CAM baseline: ReLU(CAM) normalised per class by its maximum; background where the
+    maximum over classes is below ``bg_threshold``, else the argmax class id. No 255."""
+    cam = np.asarray(cam, dtype=np.float32)
+    _check(cam, class_ids, "cam")
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    a = np.maximum(cam, 0)
+    a = a / np.maximum(a.max(axis=(1, 2), keepdims=True), EPS)
+    seed = labels[a.argmax(axis=0)]
+    seed[a.max(axis=0) < bg_threshold] = 0
+    return seed
+
+
+__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "cam_seed", "VOID"]

@@ -1,0 +1,292 @@
+"""Train the ICD model (CAM classifier + Intra-Class Discriminator), spec sections 2 and 4.
+
+    python -m icd_pipeline.train_icd --config-json JSON --data-root DIR --split train \
+        --superpixels results/<ds>/superpixels/train.h5 --out-dir results/<ds>/icd
+
+Reads the ``icd`` section (and ``seed``, ``device``). Writes ``model.pt`` (final model,
+``models.icd.load_icd_model``), ``metrics.csv`` (one row per epoch), ``loss_curve.png`` and
+``checkpoints/last.pt`` (after every epoch, atomically; a rerun with the same config resumes
+from the next epoch). CUDA runs use torch.autocast + GradScaler; CPU runs use
+OMP_NUM_THREADS threads.
+
+One training step (spec 2.7): L = L_cls + L_bu + omega(k) L_td, where L_bu (x bu_weight)
+trains only the directions W on single-label images, the sign EMA and superpixel refinement
+build the top-down targets without gradient, and omega ramps up over ``warmup_epochs``.
+Images are resized by ``input_scale`` (the random scales of TrainTransform are multiplied by
+it) before the random crop of ``crop_size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .config import ConfigError, add_config_args, config_from_args
+from .data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size
+from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
+                     td_loss, td_targets, update_sign, warmup_weight)
+from .misc.io import atomic_path
+from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
+
+LOG = get_logger("train_icd")
+METRIC_COLUMNS = ("epoch", "lr", "loss", "loss_cls", "loss_bu", "loss_td", "warmup", "train_map",
+                  "td_pos_frac", "target_pos_frac", "sign_neg", "images_per_s", "seconds")
+PLOT_COLUMNS = ("loss_cls", "loss_bu", "loss_td", "train_map")
+
+
+class GridSuperpixels:
+    """Fallback superpixels for tests: square blocks of ``block`` pixels (picklable)."""
+
+    def __init__(self, layout: VOCLayout, block: int):
+        if block < 1:
+            raise ValueError(f"--grid-superpixels must be >= 1, got {block}")
+        self.layout = layout
+        self.block = block
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        h, w = image_size(self.layout.image_path(image_id))
+        ys = np.arange(h)[:, None] // self.block
+        xs = np.arange(w)[None, :] // self.block
+        return (ys * ((w + self.block - 1) // self.block) + xs).astype(np.int32)
+
+
+def open_superpixels(path: str | Path):
+    try:
+        from .superpixels import SuperpixelStore
+    except ImportError as exc:  # pragma: no cover - the module is written by another stage
+        raise DataError(f"cannot read superpixels {path}: icd_pipeline.superpixels is unavailable ({exc})") from exc
+    if not Path(path).is_file():
+        raise DataError(f"{path}: superpixel file is missing (run the superpixels stage first)")
+    return SuperpixelStore(path)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with at least one positive of the (non-interpolated) AP."""
+    aps = []
+    for c in range(labels.shape[1]):
+        y = labels[:, c]
+        if y.sum() == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = y[order]
+        prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((prec * hits).sum() / hits.sum()))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate()),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+
+
+def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
+               omega: float, amp: bool) -> dict:
+    """Forward + losses of one iteration (spec 2.7); returns the losses and monitors."""
+    with torch.autocast(device_type=images.device.type, enabled=amp):
+        out = model(images)
+    cam = out["cam"].float()
+    b = out["bu"]
+    T = out["td"].float()
+    l_cls = cls_loss(cam, y)
+    l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
+    with torch.no_grad():
+        sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9)
+        s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
+        r_n = pos_neg_normalize(sp_refine(s, sp, y))
+    l_td = td_loss(T, r_n, y, threshold=cfg["td_mask_threshold"], weight=omega)
+    with torch.no_grad():
+        tgt, mask = td_targets(r_n, y, cfg["td_mask_threshold"])
+        present = y.sum()
+        td_pos = ((T > 0).float().mean(dim=(2, 3)) * y).sum() / present.clamp(min=1)
+        tgt_pos = ((tgt * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1) * y).sum() / present.clamp(min=1)
+    return {"loss": l_cls + l_bu + l_td, "loss_cls": l_cls, "loss_bu": l_bu, "loss_td": l_td,
+            "logits": cam.detach().mean(dim=(2, 3)), "td_pos_frac": td_pos, "target_pos_frac": tgt_pos,
+            "sign_neg": float((sigma < 0).sum().item())}
+
+
+def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
+          superpixels_path: str | Path | None = None, grid_superpixels: int | None = None) -> dict:
+    cfg = config["icd"]
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    set_threads()
+    seed = int(config.get("seed", 0))
+    seed_everything(seed)
+    device = select_device(config.get("device", "auto"))
+    amp = device.type == "cuda"
+
+    layout = VOCLayout.open(data_root)
+    if superpixels_path is not None:
+        store = open_superpixels(superpixels_path)
+    elif grid_superpixels is not None:
+        store = GridSuperpixels(layout, grid_superpixels)
+    else:
+        raise ValueError("superpixels are required: pass --superpixels FILE.h5")
+    scales = [float(s) * float(cfg["input_scale"]) for s in cfg["scales"]]
+    dataset = ClassificationDataset(layout, split, TrainTransform(cfg["crop_size"], scales, base_size=None),
+                                    superpixels=store, seed=seed)
+    bs = int(cfg["batch_size"])
+    iters_per_epoch = len(dataset) // bs
+    if iters_per_epoch == 0:
+        raise ValueError(f"split {split!r} has {len(dataset)} images, fewer than icd.batch_size={bs}")
+    epochs = int(cfg["epochs"])
+    warmup_iters = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
+
+    model = build_icd_model(cfg, layout.num_fg).to(device)
+    optimizer = torch.optim.SGD(param_groups(model, cfg["lr"], cfg["weight_decay"]), lr=cfg["lr"],
+                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    identity = {"config": dict(cfg), "seed": seed, "data_root": str(Path(data_root).resolve()), "split": split,
+                "superpixels": str(superpixels_path) if superpixels_path else f"grid:{grid_superpixels}"}
+
+    start_epoch, it, rows = 0, 0, []
+    if ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            LOG.warning("ignoring unreadable checkpoint %s (%s)", ckpt_path, exc)
+            ckpt = None
+        if ckpt is not None and ckpt.get("identity") == identity:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if amp and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            start_epoch, it, rows = int(ckpt["epoch"]) + 1, int(ckpt["iteration"]), list(ckpt["metrics"])
+            LOG.info("resuming from %s: epoch %d/%d, iteration %d", ckpt_path, start_epoch + 1, epochs, it)
+        elif ckpt is not None:
+            LOG.warning("checkpoint %s was written with another config or data; starting afresh", ckpt_path)
+
+    LOG.info("ICD training: %s on %s (%d images, %d classes), %d epochs x %d iterations, batch %d, "
+             "crop %d, scales %s, warm-up %d iterations, device %s%s", cfg["backbone"], data_root, len(dataset),
+             layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
+             " (AMP)" if amp else "")
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, epochs):
+        lr = poly_lr(cfg["lr"], epoch, epochs)
+        set_lr(optimizer, lr)
+        dataset.set_epoch(epoch)
+        gen = torch.Generator()
+        gen.manual_seed(seed * 100003 + epoch)
+        loader = DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, generator=gen,
+                            num_workers=int(cfg["num_workers"]), pin_memory=amp)
+        model.train()
+        sums = {k: 0.0 for k in ("loss", "loss_cls", "loss_bu", "loss_td", "td_pos_frac", "target_pos_frac")}
+        scores, labels = [], []
+        t0 = time.time()
+        omega = warmup_weight(it, warmup_iters)
+        sign_neg = 0.0
+        bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].to(device).float()
+            sp = batch["superpixels"].to(device)
+            omega = warmup_weight(it, warmup_iters)
+            res = train_step(model, images, y, sp, cfg, omega, amp)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(res["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            it += 1
+            for k in sums:
+                v = res[k]
+                sums[k] += v.detach().item() if torch.is_tensor(v) else float(v)
+            sign_neg = res["sign_neg"]
+            scores.append(res["logits"].cpu())
+            labels.append(y.cpu())
+            bar.set_postfix(cls=f"{float(res['loss_cls']):.3f}", td=f"{float(res['loss_td']):.4f}")
+        bar.close()
+        seconds = time.time() - t0
+        n = iters_per_epoch
+        row = {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in sums.items()}, "warmup": omega,
+               "train_map": average_precision(torch.cat(scores).numpy(), torch.cat(labels).numpy()),
+               "sign_neg": sign_neg, "images_per_s": n * bs / max(seconds, 1e-9), "seconds": seconds}
+        rows.append(row)
+        LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
+                 "%.1f img/s, %.0f s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
+                 omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds)
+        _write_metrics(out_dir / "metrics.csv", rows)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "iteration": it, "rng": _rng_state(), "metrics": rows, "identity": identity}
+        if amp:
+            state["scaler"] = scaler.state_dict()
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+
+    _write_metrics(out_dir / "metrics.csv", rows)
+    try:
+        from .viz import plot_loss_curves
+
+        plot_loss_curves(out_dir / "metrics.csv", out_dir / "loss_curve.png", PLOT_COLUMNS,
+                         title=f"ICD training ({cfg['backbone']})")
+    except Exception as exc:  # noqa: BLE001 - a figure must not fail the stage
+        LOG.warning("could not draw the loss curve: %s", exc)
+    save_icd_checkpoint(out_dir / "model.pt", model, cfg, layout.class_names,
+                        extra={"epochs": epochs, "iterations": it, "data_root": identity["data_root"],
+                               "split": split, "seed": seed, "final_metrics": rows[-1] if rows else {}})
+    LOG.info("wrote %s", out_dir / "model.pt")
+    return {"rows": rows, "iterations": it}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.train_icd", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
+    parser.add_argument("--split", default="train", help="image list under ImageSets/Segmentation")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--superpixels", help="superpixel HDF5 file of the split (superpixels stage)")
+    group.add_argument("--grid-superpixels", type=int, metavar="N",
+                       help="testing only: square N-pixel blocks instead of real superpixels")
+    parser.add_argument("--out-dir", required=True, help="output folder (results/<dataset>/icd)")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        train(config, args.data_root, args.split, args.out_dir, args.superpixels, args.grid_superpixels)
+    except (DataError, ConfigError, CheckpointError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
