@@ -9,9 +9,12 @@ network input, which is the image scaled by ``input_scale`` and padded bottom/ri
 part of the grid that covers the image is ``maps[:, :vh, :vw]`` (``valid_hw``); it is
 resized bilinearly, with PyTorch/OpenCV ``align_corners=False`` semantics (pixel centres at
 ``i + 0.5``, source coordinate ``(y + 0.5) * vh / H - 0.5`` clamped to the grid, edge
-replicated), to the image size ``(H, W)``. The official code resizes to the padded size and
-crops instead; with a valid region that is a whole number of cells the two agree up to the
-sub-cell offset of the crop boundary.
+replicated), to the image size ``(H, W)``. When the cell size is known (``cell`` = stride *
+H / scaled_H image pixels per cell) the source coordinate is ``(y + 0.5) / cell - 0.5``
+instead, which is exact when the last cell reaches into the padding; both are the same when
+the scaled image is a whole number of cells (the embedded dataset: 96 px x 2 / 16 = 12).
+The official code resizes the whole padded grid (65 -> 513) and crops, which is the exact-cell
+variant with cell = 513 / 65.
 """
 
 from __future__ import annotations
@@ -24,37 +27,49 @@ VOID = 255
 EPS = 1e-5
 
 
-def _linear_weights(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _linear_weights(out_len: int, in_len: int, cell: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices i0, i1 and weight of i1 for resizing ``in_len`` samples to ``out_len``
-    (align_corners=False, edges clamped)."""
-    src = (np.arange(out_len, dtype=np.float64) + 0.5) * (in_len / out_len) - 0.5
+    (align_corners=False, edges clamped). ``cell``: output pixels per input sample
+    (default ``out_len / in_len``, i.e. the input grid spans the output exactly)."""
+    cell = out_len / in_len if cell is None else float(cell)
+    src = (np.arange(out_len, dtype=np.float64) + 0.5) / cell - 0.5
     src = np.clip(src, 0.0, in_len - 1)
     i0 = np.floor(src).astype(np.int64)
     i1 = np.minimum(i0 + 1, in_len - 1)
     return i0, i1, src - i0
 
 
-def resize_bilinear(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (K, h, w) stack to (K, H, W), align_corners=False, float32."""
+def resize_bilinear(maps: np.ndarray, out_hw: tuple[int, int],
+                    cell: tuple[float, float] | None = None) -> np.ndarray:
+    """Bilinear resize of a (K, h, w) stack to (K, H, W), align_corners=False, float32.
+
+    ``cell`` = (cy, cx): output pixels per map cell, when the grid does not span the output
+    exactly (its last cells reach into padding); cell (i, j) is centred on output pixel
+    ((i + 0.5) cy, (j + 0.5) cx)."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3:
         raise ValueError(f"maps must be (K, h, w), got shape {maps.shape}")
     H, W = int(out_hw[0]), int(out_hw[1])
     _, h, w = maps.shape
-    if (h, w) == (H, W):
+    if (h, w) == (H, W) and (cell is None or tuple(cell) == (1.0, 1.0)):
         return maps.copy()
-    y0, y1, wy = _linear_weights(H, h)
-    x0, x1, wx = _linear_weights(W, w)
+    y0, y1, wy = _linear_weights(H, h, None if cell is None else cell[0])
+    x0, x1, wx = _linear_weights(W, w, None if cell is None else cell[1])
     wy = wy.astype(np.float32)[None, :, None]
     wx = wx.astype(np.float32)[None, None, :]
     rows = maps[:, y0, :] * (1 - wy) + maps[:, y1, :] * wy          # (K, H, w)
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx           # (K, H, W)
 
 
-def upsample_maps(maps: np.ndarray, out_hw: tuple[int, int],
-                  valid_hw: tuple[int, int] | None = None) -> np.ndarray:
+def upsample_maps(maps: np.ndarray, out_hw: tuple[int, int], valid_hw: tuple[int, int] | None = None,
+                  cell: tuple[float, float] | None = None) -> np.ndarray:
     """Crop the map grid to ``valid_hw`` (the cells covering the image; all of it when None)
-    and resize it bilinearly (align_corners=False) to the image size ``out_hw``."""
+    and resize it bilinearly (align_corners=False) to the image size ``out_hw``.
+
+    With ``cell`` (image pixels per map cell, ``stride * H / scaled_H`` per axis) the exact
+    cell geometry is used instead of stretching the valid grid over the image; the two agree
+    when the scaled image is a whole number of cells."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3:
         raise ValueError(f"maps must be (K, h, w), got shape {maps.shape}")
@@ -63,7 +78,7 @@ def upsample_maps(maps: np.ndarray, out_hw: tuple[int, int],
         if not (0 < vh <= maps.shape[1] and 0 < vw <= maps.shape[2]):
             raise ValueError(f"valid_hw {valid_hw} outside the map grid {maps.shape[1:]}")
         maps = maps[:, :vh, :vw]
-    return resize_bilinear(maps, out_hw)
+    return resize_bilinear(maps, out_hw, cell)
 
 
 def _check(td: np.ndarray, class_ids: Sequence[int], name: str) -> None:

@@ -1,0 +1,249 @@
+"""Pseudo-masks from the CAM / ICD maps (spec 5.2-5.3): four variants per training image.
+
+``cam/``       CAM baseline (:func:`seeds.cam_seed`, threshold ``pseudo_masks.cam_bg_threshold``)
+``cam_crf/``   the CAM seed refined by the same dense CRF as the ICD seed
+``icd_seed/``  ICD seed (:func:`seeds.icd_seed`), 255 = ignore
+``icd_crf/``   the ICD seed refined by the dense CRF (:func:`crf.crf_from_labels`) - the
+               pseudo-mask of the paper
+
+Both CRF rows use the paper's seed protocol (all ``num_classes`` labels incl. background,
+seed confidence ``pseudo_masks.crf.unary_confidence``, pairwise parameters from
+``pseudo_masks.crf``, posterior below ``min_posterior`` -> 255), so the CAM and ICD rows
+differ only in the seed.
+
+Map geometry: the maps file holds, per image, the logits of the present classes on the
+map cells that cover the scaled image (``valid_hw``). They are upsampled bilinearly
+(align_corners=False) to the image size with :func:`seeds.upsample_maps`: when the file
+records the network stride and the scaled size, with the exact cell size
+``stride * H / scaled_H`` image pixels (the last cell may reach into the padding), else by
+stretching the valid cells over the image.
+
+Each output is a palette PNG (``voc.write_palette_png``); ``manifest.json`` is written last
+and the whole folder appears atomically. Images are processed by a pool of ``--workers``
+processes, each opening the maps file itself; the outputs do not depend on the count.
+
+Entry point::
+
+    python -m icd_pipeline.make_pseudo_masks --config-json JSON --data-root DIR --split train \
+        --maps results/<ds>/maps/train.h5 --out-dir results/<ds>/pseudo_masks/masks [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from icd_pipeline.config import ConfigError, add_config_args, config_from_args
+from icd_pipeline.crf import crf_from_labels, crf_params_from_config
+from icd_pipeline.misc.io import atomic_dir
+from icd_pipeline.seeds import VOID, cam_seed, icd_seed, upsample_maps
+
+METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
+FORMAT_VERSION = 1
+
+
+def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
+    """Image pixels per map cell (cy, cx), when the maps file records the stride and the
+    scaled size; None otherwise."""
+    stride = (attrs or {}).get("stride")
+    scaled = record.get("scaled_hw")
+    if not stride or scaled is None:
+        return None
+    H, W = record["image_hw"]
+    sh, sw = scaled
+    return float(stride) * H / sh, float(stride) * W / sw
+
+
+def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
+                           cell: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """The four label maps (uint8, H x W) of one image from its maps ``record``
+    (``MapsReader.read`` output)."""
+    H, W = image.shape[:2]
+    if tuple(record["image_hw"]) != (H, W):
+        raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
+    class_ids = [int(c) for c in record["class_ids"]]
+    if any(c >= num_labels for c in class_ids):
+        raise ValueError(f"class ids {class_ids} outside 1..{num_labels - 1}")
+    crf_cfg = dict(pm_cfg.get("crf", {}))
+    crf_kwargs = crf_params_from_config(crf_cfg)
+    conf = crf_cfg.get("unary_confidence", 0.5)
+    min_post = crf_cfg.get("min_posterior", 0.1)
+    if not class_ids:   # no image-level label: nothing but background can be claimed
+        cam = icd = np.zeros((H, W), np.uint8)
+    else:
+        valid = record.get("valid_hw")
+        td = upsample_maps(record["td"], (H, W), valid, cell)
+        cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
+        cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
+        icd = icd_seed(td, cam_maps, class_ids)
+    return {
+        "cam": cam,
+        "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
+        "icd_seed": icd,
+        "icd_crf": crf_from_labels(image, icd, num_labels, conf, min_post, **crf_kwargs),
+    }
+
+
+# --------------------------------------------------------------------------- workers
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, pm_cfg: dict,
+                 reader_factory: Callable | None = None) -> None:
+    from icd_pipeline.data.voc import VOCLayout
+
+    if reader_factory is None:
+        from icd_pipeline.maps_io import MapsReader
+
+        reader_factory = MapsReader
+    _STATE.clear()
+    _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
+                  num_labels=num_labels, pm_cfg=pm_cfg)
+
+
+def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
+    """Worker: compute and write the four PNGs of one image; return per-method pixel counts
+    (background, foreground, ignore)."""
+    from icd_pipeline.data.voc import read_image, write_palette_png
+
+    reader = _STATE["reader"]
+    image = read_image(_STATE["layout"].image_path(image_id))
+    record = reader.read(image_id)
+    cell = cell_size(record, getattr(reader, "attrs", None))
+    try:
+        masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell)
+    except ValueError as exc:
+        raise ValueError(f"{image_id}: {exc}") from None
+    counts = {}
+    for method, mask in masks.items():
+        write_palette_png(_STATE["out_dir"] / method / f"{image_id}.png", mask)
+        counts[method] = [int((mask == 0).sum()), int(((mask != 0) & (mask != VOID)).sum()),
+                          int((mask == VOID).sum())]
+    return image_id, counts
+
+
+def _default_workers() -> int:
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    return int(n) if n.isdigit() and int(n) > 0 else 1
+
+
+def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str | Path, pm_cfg: dict,
+        workers: int = 1, progress: bool = True, reader_factory: Callable | None = None) -> dict:
+    """Write ``out_dir`` (four PNG folders + manifest.json) atomically; return the manifest."""
+    from tqdm import tqdm
+
+    from icd_pipeline.data.voc import VOCLayout
+
+    if reader_factory is None:
+        from icd_pipeline.maps_io import MapsReader
+
+        reader_factory = MapsReader
+    layout = VOCLayout.open(data_root)
+    ids = layout.ids(split)
+    num_labels = layout.num_classes
+    reader = reader_factory(str(maps_path))
+    try:
+        available = set(reader.ids)
+        missing = [i for i in ids if i not in available]
+        if missing:
+            raise ValueError(f"{maps_path}: no maps for {len(missing)} id(s) of split {split!r}, "
+                             f"e.g. {missing[:3]}")
+        attrs = dict(getattr(reader, "attrs", {}) or {})
+    finally:
+        close = getattr(reader, "close", None)
+        if close:
+            close()
+    names = attrs.get("class_names")
+    if names and len(names) != num_labels:
+        raise ValueError(f"{maps_path}: maps were made for {len(names)} classes, dataset has {num_labels}")
+    totals = {m: np.zeros(3, np.int64) for m in METHODS}
+    with atomic_dir(out_dir) as tmp:
+        for m in METHODS:
+            (tmp / m).mkdir()
+        initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory)
+        bar = tqdm(total=len(ids), desc=f"pseudo-masks {split}", unit="img", file=sys.stderr, disable=not progress)
+        if workers <= 1:
+            _init_worker(*initargs)
+            try:
+                results = map(_process, ids)
+                for _, counts in results:
+                    for m, c in counts.items():
+                        totals[m] += c
+                    bar.update(1)
+            finally:
+                _STATE.clear()
+        else:
+            with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+                chunk = max(1, min(16, len(ids) // (4 * workers)))
+                for _, counts in pool.imap(_process, ids, chunksize=chunk):
+                    for m, c in counts.items():
+                        totals[m] += c
+                    bar.update(1)
+        bar.close()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "split": split,
+            "num_images": len(ids),
+            "maps": str(maps_path),
+            "data_root": str(data_root),
+            "class_names": list(layout.class_names),
+            "num_labels": num_labels,
+            "methods": list(METHODS),
+            "config": pm_cfg,
+            "pixel_fractions": {
+                m: dict(zip(("background", "foreground", "ignore"),
+                            (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
+                for m in METHODS
+            },
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from icd_pipeline.data.voc import DataError
+    from icd_pipeline.misc.runtime import get_logger
+
+    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.make_pseudo_masks",
+                                     description=__doc__.split("\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--maps", required=True, help="maps HDF5 file (extract_maps output)")
+    parser.add_argument("--out-dir", required=True, help="output folder (cam/ cam_crf/ icd_seed/ icd_crf/)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: OMP_NUM_THREADS, else 1)")
+    args = parser.parse_args(argv)
+    log = get_logger("make_pseudo_masks")
+    try:
+        cfg = config_from_args(args)
+        workers = args.workers if args.workers is not None else _default_workers()
+        if workers < 1:
+            raise ValueError("--workers must be at least 1")
+        t0 = time.time()
+        manifest = run(args.data_root, args.split, args.maps, args.out_dir, cfg["pseudo_masks"], workers=workers)
+        dt = time.time() - t0
+        log.info("%d images in %.1f s (%.1f img/s, %d workers) -> %s", manifest["num_images"], dt,
+                 manifest["num_images"] / max(dt, 1e-9), workers, args.out_dir)
+        for m, frac in manifest["pixel_fractions"].items():
+            log.info("%-9s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
+                     frac["foreground"], frac["ignore"])
+    except (DataError, ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["METHODS", "cell_size", "pseudo_masks_for_image", "run", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""HDF5 store for the CAM and ICD (top-down) maps of one split.
+
+Layout (flat, with an index; one file per split)::
+
+    /data                float16 (N_elements,)  every image's maps back to back, chunked
+                                                (32768 elements) + gzip + shuffle
+    /index/ids           str     (N,)   image ids, in the order written
+    /index/offset        int64   (N,)   start of the image's ``cam`` block in /data; ``td``
+                                        follows it: cam = data[o : o+n], td = data[o+n : o+2n],
+                                        n = k * vh * vw
+    /index/num_present   int32   (N,)   k, the number of classes present in the image
+    /index/class_ids     int16   (sum k,) the present class ids (1-based, sorted), image by image
+    /index/image_hw      int32   (N, 2) original image size (H, W)
+    /index/scaled_hw     int32   (N, 2) network-input size of the image: round(H * input_scale)
+    /index/valid_hw      int32   (N, 2) (vh, vw): the map cells that cover the scaled image;
+                                        the stored maps are exactly this crop, (k, vh, vw)
+
+File attributes: ``format``, ``format_version``, ``method_version``, ``checkpoint_sha256``,
+``config`` (JSON), ``class_names`` (with background first), ``scales``, ``flip``,
+``input_scale``, ``stride``, ``backbone``, ``split``, ``num_images``. Non-scalar values are
+stored as JSON and decoded by :class:`MapsReader`.
+
+Geometry: the image is resized by ``input_scale`` to ``scaled_hw`` and padded bottom/right;
+map cell (i, j) covers scaled-image pixels [i*stride, (i+1)*stride) x [j*stride, (j+1)*stride),
+so ``valid_hw = ceil(scaled_hw / stride)``. Maps are *logits* (CAM A and top-down T, before any
+sigmoid), for the present classes only, sorted by class id (spec 5.1).
+
+Why flat: one HDF5 group per image costs ~2-9 KB of object headers per image, several times
+the maps themselves on small grids; the flat store costs only the (compressed) data. Reading
+one image reads its index row (the index is loaded once, O(N) integers) and the one or two
+data chunks that hold it, never the whole file.
+
+Writing is atomic: :class:`MapsWriter` writes to a temporary name in the target folder and
+renames it on a clean ``close``; an exception (or a kill) never leaves the final file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+FORMAT = "icd-pipeline/maps"
+FORMAT_VERSION = 1
+DATA_CHUNK = 32768          # float16 elements per chunk (64 KiB before compression)
+INDEX_CHUNK = 4096
+FLUSH_ELEMENTS = 1 << 21    # buffer at most ~4 MiB of float16 before appending to /data
+F16_MAX = float(np.finfo(np.float16).max)
+_JSON_KEYS_ATTR = "_json_keys"
+
+
+class MapsError(ValueError):
+    """A maps file that is missing, malformed, or lacks the requested image."""
+
+
+def _to_f16(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    return np.clip(a, -F16_MAX, F16_MAX).astype(np.float16)
+
+
+class MapsWriter:
+    """Stream maps into a new HDF5 file; the file appears at ``path`` only on a clean close.
+
+    ``attrs`` (or ``writer.attrs``, a dict filled any time before close) become file
+    attributes; lists/dicts are stored as JSON. Use as a context manager::
+
+        with MapsWriter(out, attrs={...}) as w:
+            w.write(image_id, cam, td, class_ids, image_hw, scaled_hw=...)
+    """
+
+    def __init__(self, path: str | Path, attrs: dict[str, Any] | None = None,
+                 compression: str | None = "gzip", compression_opts: int | None = 4):
+        self.path = Path(path)
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.compression = compression
+        self.compression_opts = compression_opts if compression == "gzip" else None
+        self._file: h5py.File | None = None
+        self._tmp: Path | None = None
+        self._ids: set[str] = set()
+        self._pending: list[tuple] = []
+        self._pending_elems = 0
+        self._n = 0
+        self._elems = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> "MapsWriter":
+        if self._file is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        f = h5py.File(self._tmp, "w")
+        self._file = f
+        comp = dict(compression=self.compression, compression_opts=self.compression_opts,
+                    shuffle=self.compression is not None)
+        f.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float16, chunks=(DATA_CHUNK,), **comp)
+        idx = f.create_group("index")
+        idx.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                           chunks=(INDEX_CHUNK,))
+        for name, dt in (("offset", np.int64), ("num_present", np.int32), ("class_ids", np.int16)):
+            idx.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(INDEX_CHUNK,), **comp)
+        for name in ("image_hw", "scaled_hw", "valid_hw"):
+            idx.create_dataset(name, shape=(0, 2), maxshape=(None, 2), dtype=np.int32,
+                               chunks=(INDEX_CHUNK, 2), **comp)
+        return self
+
+    def __enter__(self) -> "MapsWriter":
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        """Flush, write the attributes and rename the temporary file onto ``path``."""
+        if self._closed:
+            return
+        self.open()
+        try:
+            self._flush()
+            attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.attrs, "num_images": self._n}
+            json_keys = []
+            for key, value in attrs.items():
+                if isinstance(value, (list, tuple, dict)) or value is None:
+                    self._file.attrs[key] = json.dumps(value)
+                    json_keys.append(key)
+                else:
+                    self._file.attrs[key] = value
+            self._file.attrs[_JSON_KEYS_ATTR] = json.dumps(json_keys)
+            self._file.close()
+            self._file = None
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
+            os.replace(self._tmp, self.path)
+            self._closed = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop everything written so far; no file is left at ``path`` or the temporary name."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - best effort on the failure path
+                pass
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._closed = True
+
+    # ------------------------------------------------------------------ writing
+
+    def __len__(self) -> int:
+        return self._n + len(self._pending)
+
+    def write(self, image_id: str, cam: np.ndarray, td: np.ndarray, class_ids: Sequence[int],
+              image_hw: Sequence[int], scaled_hw: Sequence[int] | None = None,
+              valid_hw: Sequence[int] | None = None) -> None:
+        """Add one image: ``cam`` and ``td`` are (k, vh, vw) logits of the k present classes,
+        in the order of ``class_ids`` (1-based, strictly increasing)."""
+        if self._closed:
+            raise MapsError(f"{self.path}: writer is closed")
+        self.open()
+        image_id = str(image_id)
+        if image_id in self._ids:
+            raise MapsError(f"{self.path}: image id {image_id!r} written twice")
+        cam = np.asarray(cam)
+        td = np.asarray(td)
+        ids = [int(c) for c in class_ids]
+        if cam.ndim != 3 or cam.shape != td.shape:
+            raise MapsError(f"{image_id}: cam {cam.shape} and td {td.shape} must be equal (k, h, w) arrays")
+        if cam.shape[0] != len(ids):
+            raise MapsError(f"{image_id}: {cam.shape[0]} maps for {len(ids)} class ids")
+        if any(c < 1 for c in ids) or any(b <= a for a, b in zip(ids, ids[1:])):
+            raise MapsError(f"{image_id}: class ids must be >= 1 and strictly increasing, got {ids}")
+        vhw = tuple(cam.shape[1:]) if valid_hw is None else tuple(int(v) for v in valid_hw)
+        if vhw != tuple(cam.shape[1:]):
+            raise MapsError(f"{image_id}: valid_hw {vhw} differs from the stored map size {cam.shape[1:]}")
+        ihw = tuple(int(v) for v in image_hw)
+        shw = ihw if scaled_hw is None else tuple(int(v) for v in scaled_hw)
+        self._ids.add(image_id)
+        self._pending.append((image_id, _to_f16(cam), _to_f16(td), ids, ihw, shw, vhw))
+        self._pending_elems += 2 * cam.size
+        if self._pending_elems >= FLUSH_ELEMENTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        f = self._file
+        rows = self._pending
+        blocks, offsets = [], []
+        pos = self._elems
+        for _, cam, td, *_ in rows:
+            offsets.append(pos)
+            blocks.append(cam.ravel())
+            blocks.append(td.ravel())
+            pos += 2 * cam.size
+        _append(f["data"], np.concatenate(blocks) if blocks else np.zeros(0, np.float16))
+        idx = f["index"]
+        _append(idx["ids"], np.array([r[0] for r in rows], dtype=object))
+        _append(idx["offset"], np.asarray(offsets, np.int64))
+        _append(idx["num_present"], np.asarray([len(r[3]) for r in rows], np.int32))
+        _append(idx["class_ids"], np.asarray([c for r in rows for c in r[3]], np.int16))
+        for name, col in (("image_hw", 4), ("scaled_hw", 5), ("valid_hw", 6)):
+            _append(idx[name], np.asarray([r[col] for r in rows], np.int32).reshape(-1, 2))
+        self._elems = pos
+        self._n += len(rows)
+        self._pending = []
+        self._pending_elems = 0
+
+
+def _append(dset: h5py.Dataset, values: np.ndarray) -> None:
+    n = len(values)
+    if n == 0:
+        return
+    start = dset.shape[0]
+    dset.resize(start + n, axis=0)
+    dset[start:start + n] = values
+
+
+class MapsReader:
+    """Read one image's maps at a time. Cheap to open; picklable (it pickles its path and
+    reopens the file lazily in each process, so DataLoader workers can share it)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self._index: dict[str, int] | None = None
+        self._load_index()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _open(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            if not self.path.is_file():
+                raise MapsError(f"{self.path}: maps file is missing")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise MapsError(f"{self.path}: unreadable maps file ({exc})") from exc
+            self._pid = os.getpid()
+            if self._file.attrs.get("format") != FORMAT:
+                raise MapsError(f"{self.path}: not a maps file (format attribute is not {FORMAT!r})")
+        return self._file
+
+    def _load_index(self) -> None:
+        f = self._open()
+        try:
+            idx = f["index"]
+            self._ids = [s.decode() if isinstance(s, bytes) else str(s) for s in idx["ids"][...]]
+            self._offset = idx["offset"][...]
+            self._k = idx["num_present"][...]
+            cls = idx["class_ids"][...]
+            self._image_hw = idx["image_hw"][...]
+            self._scaled_hw = idx["scaled_hw"][...]
+            self._valid_hw = idx["valid_hw"][...]
+        except KeyError as exc:
+            raise MapsError(f"{self.path}: malformed maps file ({exc})") from exc
+        starts = np.concatenate([[0], np.cumsum(self._k)]).astype(np.int64)
+        self._classes = [cls[starts[i]:starts[i + 1]].astype(int).tolist() for i in range(len(self._ids))]
+        self._index = {image_id: i for i, image_id in enumerate(self._ids)}
+        raw = dict(f.attrs)
+        json_keys = set(json.loads(raw.pop(_JSON_KEYS_ATTR, "[]")))
+        attrs = {}
+        for key, value in raw.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if key in json_keys:
+                value = json.loads(value)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            attrs[key] = value
+        self.attrs: dict[str, Any] = attrs
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> "MapsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def info(self, image_id: str) -> dict:
+        """Index row of one image (no map data read)."""
+        i = self._row(image_id)
+        return {
+            "class_ids": list(self._classes[i]),
+            "image_hw": tuple(int(v) for v in self._image_hw[i]),
+            "scaled_hw": tuple(int(v) for v in self._scaled_hw[i]),
+            "valid_hw": tuple(int(v) for v in self._valid_hw[i]),
+        }
+
+    def _row(self, image_id: str) -> int:
+        try:
+            return self._index[image_id]
+        except KeyError:
+            raise MapsError(f"{self.path}: no maps for image id {image_id!r}") from None
+
+    def read(self, image_id: str) -> dict:
+        """``dict(cam, td, class_ids, image_hw, valid_hw, scaled_hw)``; cam/td float32 (k, vh, vw)."""
+        i = self._row(image_id)
+        out = self.info(image_id)
+        k = int(self._k[i])
+        vh, vw = out["valid_hw"]
+        n = k * vh * vw
+        o = int(self._offset[i])
+        block = self._open()["data"][o:o + 2 * n] if n else np.zeros(0, np.float16)
+        block = block.astype(np.float32)
+        out["cam"] = block[:n].reshape(k, vh, vw)
+        out["td"] = block[n:].reshape(k, vh, vw)
+        return out
+
+
+__all__ = ["MapsWriter", "MapsReader", "MapsError", "FORMAT", "FORMAT_VERSION"]
