@@ -162,6 +162,7 @@ def test_entry_point_with_network_features(tmp_path):
     assert rc == 0
     store = SuperpixelStore(out)
     assert all(store(i).max() < 8 for i in ids)
+    assert store.attrs["merged_images"] == 3 and store.attrs["mean_fh_segments"] > 8
 
 
 def test_failure_leaves_no_file(tmp_path, capsys):

@@ -16,7 +16,11 @@ so silhouettes, edges, mean colour and brightness do not tell objects apart; onl
 statistics (oriented stripes) do. Base colour, brightness, contrast and an illumination
 gradient vary per image; body colours differ from the background by a small random shift
 (lighter or darker). Objects may touch the image border and each other; later objects
-occlude earlier ones and the masks follow the occlusion.
+occlude earlier ones and the masks follow the occlusion. A layout is resampled until every
+object keeps 60 % of its in-image area visible and its badge fits in the visible part (for
+extreme parameters, e.g. 32-px images with a 2-px void band, an image that cannot fit its
+drawn number of objects gets one fewer). About 29 % of the pixels are covered on average at
+the defaults (single-object images about 16 %).
 
 Ground truth (``SegmentationClass``): 0 background, 1..K the whole visible object (badge and
 body), 255 a void band ``boundary_width`` px wide on the object side of every object boundary
@@ -75,6 +79,7 @@ REFERENCE_SIZE = 96          # object_size is given for images of this size
 JPEG_QUALITY = 95
 MAX_LAYOUT_TRIES = 200
 MIN_VISIBLE_FRACTION = 0.6   # of an object's in-image area left visible after occlusion
+CLEARANCE = math.sqrt(2.0)   # badge edge to visible outline, per px of void band (Chebyshev band)
 SPLITS = ("train", "val")
 
 # Saturated badge colours (RGB in [0, 1]); body and background stay far less saturated.
@@ -87,8 +92,8 @@ BADGE_COLOURS: tuple[tuple[str, tuple[float, float, float]], ...] = (
     ("blue", (0.10, 0.25, 0.95)),
     ("purple", (0.55, 0.10, 0.85)),
     ("magenta", (0.95, 0.10, 0.80)),
-    ("pink", (1.00, 0.55, 0.70)),
-    ("brown", (0.55, 0.30, 0.05)),
+    ("lime", (0.55, 0.95, 0.00)),
+    ("mint", (0.00, 0.95, 0.55)),
 )
 BADGE_PATTERNS = ("solid", "dots", "checker", "rings")
 MAX_CLASSES = 2 * len(BADGE_COLOURS)
@@ -107,8 +112,8 @@ def badge_specs(num_classes: int) -> list[BadgeSpec]:
         raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
     specs = []
     for i in range(num_classes):
-        colour_name, colour = BADGE_COLOURS[i % len(BADGE_COLOURS)]
         j = i % len(BADGE_COLOURS)
+        colour_name, colour = BADGE_COLOURS[j]
         pattern = BADGE_PATTERNS[j % 4] if i < len(BADGE_COLOURS) else BADGE_PATTERNS[(j + 2) % 4]
         specs.append(BadgeSpec(f"{colour_name}_{pattern}", colour, pattern))
     return specs
@@ -172,7 +177,7 @@ def _sample_shape(rng: np.random.Generator, size_px: float, image_size: int, mar
     """A smooth star-convex blob of long-axis length ``size_px``; its centre at least
     ``margin * semi_major`` inside the image (so it may cross the border)."""
     a = size_px / 2.0
-    b = a * rng.uniform(0.55, 0.95)
+    b = a * rng.uniform(0.5, 0.9)
     lo = min(margin * a, image_size / 2.0)
     cx, cy = rng.uniform(lo, image_size - lo, size=2)
     orders = np.array([2.0, 3.0, 4.0, 5.0])
@@ -204,7 +209,7 @@ def _signed_distance(shape: _Shape, xs: np.ndarray, ys: np.ndarray) -> np.ndarra
     z = (u + 1j * v) / rho
     zk = z * z
     r = np.ones_like(u)
-    for order, amp, phase in shape.harmonics:
+    for order, amp, phase in shape.harmonics:  # orders 2, 3, 4, ... (see _sample_shape)
         r += (zk * complex(float(amp) * math.cos(phase), float(amp) * math.sin(phase))).real
         zk = zk * z
     sd[y0:y1, x0:x1] = np.hypot(dx, dy) * (r / rho - 1.0)
@@ -218,7 +223,7 @@ def _alpha(sd: np.ndarray) -> np.ndarray:
 
 def _noise(rng: np.random.Generator, size: int, sigma: float, channels: int = 1) -> np.ndarray:
     """Gaussian-filtered white noise with unit standard deviation, shape (size, size, channels)."""
-    field = rng.standard_normal((size, size, channels)).astype(np.float32)
+    field = rng.standard_normal((size, size, channels), dtype=np.float32)
     field = ndimage.gaussian_filter(field, sigma=(sigma, sigma, 0), mode="wrap", truncate=3.0)
     return field / (field.std() + 1e-6)
 
@@ -269,6 +274,43 @@ def _badge_pattern(pattern: str, bx: np.ndarray, by: np.ndarray, scale: float,
     raise ValueError(f"unknown badge pattern {pattern!r}")
 
 
+def _layout(rng: np.random.Generator, n: int, params: dict):
+    """Sample ``n`` object shapes and a badge place in each; resample until every object keeps
+    ``MIN_VISIBLE_FRACTION`` of its in-image area after occlusion (later objects on top) and
+    its visible part holds a badge disc of ``badge_fraction`` of that part's area with
+    clearance from the void band. Returns (shapes, signed distances, instance map, badges as
+    (cx, cy, radius, fraction)), or None after ``MAX_LAYOUT_TRIES`` failures."""
+    size = int(params["image_size"])
+    width = int(params["boundary_width"])
+    size_lo, size_hi = object_size_px(params)
+    frac_lo, frac_hi = params["badge_fraction"]
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    xs, ys = np.meshgrid(coords, coords)
+    for _ in range(MAX_LAYOUT_TRIES):
+        shapes = [_sample_shape(rng, rng.uniform(size_lo, size_hi), size, margin=0.45) for _ in range(n)]
+        sds = [_signed_distance(s, xs, ys) for s in shapes]
+        instances = np.zeros((size, size), np.int16)
+        for j, sd in enumerate(sds):
+            instances[sd >= 0] = j + 1
+        badges = []
+        for j, sd in enumerate(sds):
+            visible = instances == j + 1
+            area, full = int(visible.sum()), int((sd >= 0).sum())
+            if area < MIN_VISIBLE_FRACTION * full or area < 16:
+                break
+            frac = rng.uniform(frac_lo, frac_hi)
+            radius = math.sqrt(frac * area / math.pi)
+            dist = ndimage.distance_transform_edt(np.pad(visible, 1))[1:-1, 1:-1]
+            candidates = np.flatnonzero(dist >= radius + CLEARANCE * width + 0.25)
+            if candidates.size == 0:
+                break
+            k = int(candidates[rng.integers(candidates.size)])
+            badges.append((k % size + 0.5, k // size + 0.5, radius, frac))
+        if len(badges) == n:
+            return shapes, sds, instances, badges
+    return None
+
+
 def render_image(rng: np.random.Generator, params: dict) -> Rendered:
     """Draw one image from ``rng``; ``params`` is a resolved ``dataset.synthetic`` section
     (:func:`resolve_params`)."""
@@ -277,7 +319,6 @@ def render_image(rng: np.random.Generator, params: dict) -> Rendered:
     width = int(params["boundary_width"])
     scale = size / REFERENCE_SIZE
     size_lo, size_hi = object_size_px(params)
-    frac_lo, frac_hi = params["badge_fraction"]
     specs = badge_specs(num_classes)
 
     coords = np.arange(size, dtype=np.float32) + 0.5
@@ -286,36 +327,17 @@ def render_image(rng: np.random.Generator, params: dict) -> Rendered:
     n = _num_objects(rng, min(int(params["max_objects"]), num_classes))
     classes = [int(c) + 1 for c in rng.choice(num_classes, size=n, replace=False)]
 
-    # --- layout: shapes, occlusion, badge places; resample until every object stays visible
-    for _ in range(MAX_LAYOUT_TRIES):
-        shapes = [_sample_shape(rng, rng.uniform(size_lo, size_hi), size, margin=0.45) for _ in range(n)]
-        sds = [_signed_distance(s, xs, ys) for s in shapes]
-        instances = np.zeros((size, size), np.int16)
-        for j, sd in enumerate(sds):
-            instances[sd >= 0] = j + 1
-        badges = []
-        ok = True
-        for j, sd in enumerate(sds):
-            visible = instances == j + 1
-            area, full = int(visible.sum()), int((sd >= 0).sum())
-            if area < MIN_VISIBLE_FRACTION * full or area < 16:
-                ok = False
-                break
-            frac = rng.uniform(frac_lo, frac_hi)
-            radius = math.sqrt(frac * area / math.pi)
-            dist = ndimage.distance_transform_edt(np.pad(visible, 1))[1:-1, 1:-1]
-            candidates = np.flatnonzero(dist >= radius + 1.5 * width + 1.0)
-            if candidates.size == 0:
-                ok = False
-                break
-            k = int(candidates[rng.integers(candidates.size)])
-            badges.append((k % size + 0.5, k // size + 0.5, radius, frac))
-        if ok:
-            break
-    else:
-        raise ValueError(f"could not place {n} object(s) with badges in {MAX_LAYOUT_TRIES} tries: "
-                         f"object_size {params['object_size']} / badge_fraction {params['badge_fraction']} "
-                         f"do not fit image_size {size}")
+    # --- layout: shapes, occlusion, badge places (fewer objects if n of them cannot fit)
+    layout = _layout(rng, n, params)
+    while layout is None:
+        if n == 1:
+            raise ValueError(f"could not place an object with its badge in {MAX_LAYOUT_TRIES} tries: "
+                             f"object_size {params['object_size']} / badge_fraction "
+                             f"{params['badge_fraction']} do not fit image_size {size}")
+        n -= 1
+        classes = classes[:n]
+        layout = _layout(rng, n, params)
+    shapes, sds, instances, badges = layout
 
     # --- background: base colour, low-frequency colour noise, isotropic mid-frequency noise
     base = _hsv_to_rgb(rng.uniform(), rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.7))
@@ -361,7 +383,7 @@ def render_image(rng: np.random.Generator, params: dict) -> Rendered:
         rx, ry = xs - bx, ys - by
         disc = rx * rx + ry * ry <= radius * radius
         secondary = _badge_pattern(spec.pattern, rx, ry, scale, rng.uniform(0, 1, size=2))
-        colour = np.asarray(spec.colour, np.float32) * rng.uniform(0.88, 1.0)
+        colour = np.asarray(spec.colour, np.float32) * rng.uniform(0.92, 1.0)
         pixels = np.where(secondary[..., None], colour * 0.3, colour)
         image = np.where(disc[..., None], pixels, image)
         badge_mask[disc] = cls
@@ -378,7 +400,7 @@ def render_image(rng: np.random.Generator, params: dict) -> Rendered:
             "badge_fraction": float(frac),
         })
 
-    image = image + rng.normal(0.0, 0.015, size=image.shape).astype(np.float32)
+    image = image + 0.015 * rng.standard_normal(image.shape, dtype=np.float32)
     image_u8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
     mask = np.zeros((size, size), np.uint8)

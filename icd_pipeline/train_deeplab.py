@@ -1,0 +1,281 @@
+"""Train a DeepLab segmentation network on pseudo-masks or on the ground truth (spec section 6).
+
+Entry point::
+
+    python -m icd_pipeline.train_deeplab --config-json JSON --data-root DIR --split train \
+        [--mask-dir results/<ds>/pseudo_masks/masks/icd_crf] --out-dir results/<ds>/deeplab/<target>
+
+``--mask-dir`` names a folder of palette PNG masks ``<id>.png`` (the pseudo-masks); left out
+(or empty), the dataset's own ground-truth masks are used: the fully supervised upper bound.
+
+Recipe (config section ``deeplab``; the CIAN/DeepLab practice of the ICD authors):
+
+- model: ``models.deeplab.build_from_config`` (LargeFOV or v2 ASPP over the backbone), backbone
+  BatchNorm frozen when ``freeze_bn``;
+- augmentation: ``voc.TrainTransform`` with random scale from ``scales`` multiplied by
+  ``input_scale`` (96-px images at input_scale 2 are seen at 192 px), horizontal flip,
+  mean-padding (masks padded with 255) and a random ``crop_size`` crop;
+- loss: cross-entropy with ``ignore_index=255`` on the logits upsampled bilinearly to the crop
+  (pseudo-masks' 255 pixels and the void band of the ground truth give no gradient);
+- SGD, momentum ``momentum``, weight decay ``weight_decay``; learning rate ``lr`` for the
+  backbone and ``lr * head_lr_mult`` for the head; poly schedule with power 0.9 stepped **per
+  iteration** (lr_i = lr * (1 - i / total_iterations) ** 0.9): with the few epochs of the CPU
+  default a per-epoch step would keep the learning rate flat for most of the run);
+- ``batch_size`` (the last incomplete batch of an epoch is dropped), ``epochs``, ``num_workers``.
+
+Outputs in ``--out-dir`` (each written atomically): ``model.pt`` (weights and metadata: model,
+backbone, class names, the ``deeplab`` config section; written last), ``metrics.csv`` (per
+epoch: epoch, lr at the epoch's start, mean loss, pixel accuracy on the training crops, images
+per second, seconds), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
+metrics after every epoch). Rerun with the same inputs and config, training resumes from
+``checkpoints/last.pt``; a checkpoint written with another config, split or mask folder is
+ignored (training starts over). Data order, augmentation and dropout are seeded per epoch
+from ``seed``, so a resumed run follows the same sequence as an uninterrupted one.
+
+Device: ``device`` (auto: CUDA with AMP when present, else CPU with the thread count from
+OMP_NUM_THREADS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import ConfigError, add_config_args, config_from_args
+from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
+from .misc.io import atomic_path
+from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+from .models.deeplab import DeepLab, build_from_config, save_deeplab
+
+LOG = get_logger("train_deeplab")
+METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds")
+POLY_POWER = 0.9
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, C, h, w) upsampled bilinearly to the target's size
+    (B, H, W), pixels with target 255 ignored (mean over the other pixels)."""
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), target, ignore_index=VOID)
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float = POLY_POWER) -> float:
+    return base_lr * (1.0 - min(iteration, total) / max(total, 1)) ** power
+
+
+def make_optimizer(model: DeepLab, section: dict) -> torch.optim.SGD:
+    groups = [
+        {"params": list(model.backbone_parameters()), "lr": section["lr"], "base_lr": section["lr"]},
+        {"params": list(model.head_parameters()), "lr": section["lr"] * section["head_lr_mult"],
+         "base_lr": section["lr"] * section["head_lr_mult"]},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=section["lr"], momentum=section["momentum"],
+                           weight_decay=section["weight_decay"])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int) -> float:
+    for g in optimizer.param_groups:
+        g["lr"] = poly_lr(g["base_lr"], iteration, total)
+    return optimizer.param_groups[0]["lr"]
+
+
+def fingerprint(section: dict, seed: int, split: str, mask_dir: str | None, data_root: str) -> str:
+    """What a resumable checkpoint must match (config, seed, split, masks, data)."""
+    blob = json.dumps({"deeplab": section, "seed": seed, "split": split, "mask_dir": mask_dir,
+                       "data_root": str(Path(data_root).resolve())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+
+
+def plot_curve(csv_path: Path, png_path: Path, title: str) -> None:
+    from .viz import plot_loss_curves
+
+    plot_loss_curves(csv_path, png_path, ["loss", "pixel_acc", "lr"], title=title)
+
+
+def check_masks(dataset: SegmentationDataset) -> None:
+    """Fail early, naming the first missing mask (pseudo-mask folders are often incomplete)."""
+    if dataset.mask_dir is not None and not dataset.mask_dir.is_dir():
+        raise DataError(f"{dataset.mask_dir}: mask folder is missing")
+    for image_id in dataset.ids:
+        path = dataset.mask_path(image_id)
+        if not path.is_file():
+            raise DataError(f"{path}: mask of training image {image_id} is missing")
+
+
+def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,
+                    progress: bool = True, desc: str = "epoch") -> dict:
+    model.train()
+    use_amp = device.type == "cuda"
+    loss_sum = 0.0
+    n_images = 0
+    correct = 0
+    valid = 0
+    it = it0
+    start = time.time()
+    lr0 = None
+    bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
+    for batch in bar:
+        lr = set_lr(optimizer, it, total_its)
+        lr0 = lr if lr0 is None else lr0
+        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            logits = model(images)
+        up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(up, target, ignore_index=VOID)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            keep = target != VOID
+            correct += int(((up.argmax(1) == target) & keep).sum())
+            valid += int(keep.sum())
+        b = images.shape[0]
+        loss_sum += float(loss.detach()) * b
+        n_images += b
+        it += 1
+        bar.set_postfix(loss=f"{loss_sum / n_images:.4f}", lr=f"{lr:.2e}")
+    seconds = time.time() - start
+    return {
+        "lr": float(lr0 if lr0 is not None else optimizer.param_groups[0]["lr"]),
+        "loss": loss_sum / max(n_images, 1),
+        "pixel_acc": correct / valid if valid else float("nan"),
+        "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
+        "seconds": seconds,
+        "iterations": it - it0,
+    }
+
+
+def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path | None, out_dir: str | Path,
+          progress: bool = True) -> dict:
+    """Train (or resume) and write the outputs; return the last epoch's metrics row."""
+    section = config["deeplab"]
+    seed = int(config.get("seed", 0))
+    out_dir = Path(out_dir)
+    mask_dir = str(mask_dir) if mask_dir else None
+    set_threads()
+    device = select_device(config.get("device", "auto"))
+    seed_everything(seed)
+
+    layout = VOCLayout.open(data_root)
+    scale = float(section["input_scale"])
+    transform = TrainTransform(crop_size=int(section["crop_size"]),
+                               scales=[s * scale for s in section["scales"]], flip=bool(section["flip"]))
+    dataset = SegmentationDataset(layout, split, transform=transform, mask_dir=mask_dir, seed=seed)
+    check_masks(dataset)
+    bs = int(section["batch_size"])
+    drop_last = len(dataset) >= bs
+    its_per_epoch = len(dataset) // bs if drop_last else 1
+    epochs = int(section["epochs"])
+    total_its = its_per_epoch * epochs
+
+    model = build_from_config(section, layout.num_classes).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, section)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    fp = fingerprint(section, seed, split, mask_dir, str(data_root))
+    rows: list[dict] = []
+    start_epoch = 0
+    if ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+            if ckpt.get("fingerprint") != fp:
+                LOG.warning("%s was written with another config/split/mask folder: starting over", ckpt_path)
+            else:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                if scaler is not None and ckpt.get("scaler"):
+                    scaler.load_state_dict(ckpt["scaler"])
+                rows = list(ckpt["rows"])
+                start_epoch = int(ckpt["epoch"])
+                LOG.info("resuming from %s after epoch %d", ckpt_path, start_epoch)
+        except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint must not block a rerun
+            LOG.warning("%s is unreadable (%s): starting over", ckpt_path, exc)
+            rows, start_epoch = [], 0
+
+    LOG.info("training %s over %s on %s: %d images (%s), %d epochs x %d iterations, batch %d, device %s",
+             section["model"], section["backbone"], split, len(dataset),
+             f"masks from {mask_dir}" if mask_dir else "ground truth", epochs, its_per_epoch, bs, device)
+    for epoch in range(start_epoch, epochs):
+        dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=bs, shuffle=True, drop_last=drop_last, generator=gen,
+            num_workers=int(section["num_workers"]), pin_memory=device.type == "cuda",
+            persistent_workers=False)
+        torch.manual_seed(seed * 100003 + epoch)  # dropout
+        stats = train_one_epoch(model, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
+                                progress=progress, desc=f"epoch {epoch + 1}/{epochs}")
+        row = {"epoch": epoch + 1, **{k: stats[k] for k in METRIC_COLUMNS if k != "epoch"}}
+        if not np.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss is {row['loss']} at epoch {epoch + 1}: lower deeplab.lr")
+        rows.append(row)
+        LOG.info("epoch %d/%d: loss %.4f, pixel acc %.4f, lr %.2e, %.1f images/s, %.1f s", epoch + 1, epochs,
+                 row["loss"], row["pixel_acc"], row["lr"], row["images_per_s"], row["seconds"])
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"epoch": epoch + 1, "fingerprint": fp, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None, "rows": rows}, tmp)
+        write_metrics(out_dir / "metrics.csv", rows)
+
+    write_metrics(out_dir / "metrics.csv", rows)
+    target = "pseudo-masks" if mask_dir else "ground truth"
+    plot_curve(out_dir / "metrics.csv", out_dir / "loss_curve.png",
+               f"DeepLab ({section['model']}, {section['backbone']}) on {target}")
+    save_deeplab(out_dir / "model.pt", model, section, layout.class_names,
+                 extra={"split": split, "mask_dir": mask_dir, "seed": seed, "epochs": epochs,
+                        "final": rows[-1] if rows else None,
+                        "train_seconds": float(sum(r["seconds"] for r in rows))})
+    return rows[-1] if rows else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
+    parser.add_argument("--split", required=True, help="training split list under ImageSets/Segmentation")
+    parser.add_argument("--mask-dir", default="", help="pseudo-mask folder (<id>.png); empty: ground truth")
+    parser.add_argument("--out-dir", required=True, help="results/<dataset>/deeplab/<target>")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        row = train(config, args.data_root, args.split, args.mask_dir or None, args.out_dir,
+                    progress=not args.no_progress)
+    except (DataError, ConfigError, ValueError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
