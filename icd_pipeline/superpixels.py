@@ -19,8 +19,12 @@ greedily to at most ``max_regions`` regions by dense-feature similarity.
    is written in its natural (H, W) layout (the official transpose-then-reshape bug, spec
    9.8, is not reproduced).
 
+An image with at most ``max_regions`` FH segments keeps them as they are (the merge stops
+before its first step), so the feature network runs only for images that need a merge;
+FH and the merges run in a pool of ``--workers`` processes, the network in the main process.
+
 Store: one HDF5 file per split, one gzip dataset per image id (uint8 when fewer than 256
-regions, else uint16), file attributes with the parameters. :class:`SuperpixelStore` reads
+regions, else uint16/uint32), file attributes with the parameters. :class:`SuperpixelStore` reads
 it lazily, one handle per process, and pickles without the handle (DataLoader workers).
 
 Entry point::
@@ -318,7 +322,8 @@ class SuperpixelStore:
 
 
 def write_map(h5: h5py.File, image_id: str, sp: np.ndarray) -> None:
-    dtype = np.uint8 if sp.max() < 256 else np.uint16
+    top = int(sp.max())
+    dtype = np.uint8 if top < 1 << 8 else np.uint16 if top < 1 << 16 else np.uint32
     h5.create_dataset(image_id, data=sp.astype(dtype), compression="gzip", compression_opts=4, shuffle=True)
 
 

@@ -38,6 +38,9 @@ head small next to efficientnet_lite0's 320-channel output.
 
 ``freeze_bn`` (the DeepLab/CIAN practice with small batches): the backbone's BatchNorm layers
 stay in eval mode (ImageNet running statistics) and their affine parameters get no gradient.
+``freeze_backbone`` (a CPU-budget option, off in the paper recipe): the whole backbone is fixed
+(eval mode, no gradient, run under ``torch.no_grad``) and only the head learns; a training step
+then costs about one backbone forward pass instead of forward + backward.
 ``head_parameters()`` / ``backbone_parameters()`` split the trainable parameters for the
 head's larger learning rate.
 
@@ -132,7 +135,7 @@ class DeepLab(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, model: str = "deeplab_largefov",
                  head_channels: int | None = None, rates: Sequence[int] | None = None,
-                 freeze_bn: bool = True, dropout: float = 0.5):
+                 freeze_bn: bool = True, dropout: float = 0.5, freeze_backbone: bool = False):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown DeepLab model {model!r}; choose one of {', '.join(MODELS)}")
@@ -148,6 +151,7 @@ class DeepLab(nn.Module):
         if any(r < 1 for r in self.rates):
             raise ValueError(f"rates must be >= 1, got {list(self.rates)}")
         self.freeze_bn = bool(freeze_bn)
+        self.freeze_backbone = bool(freeze_backbone)
         self.stride = backbone.stride
         C = backbone.out_channels
         if model == "deeplab_largefov" or backbone.name == "vgg16":
@@ -162,16 +166,25 @@ class DeepLab(nn.Module):
             for m in backbone.bn_modules():
                 for p in m.parameters():
                     p.requires_grad_(False)
+        if self.freeze_backbone:
+            for p in backbone.parameters():
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.freeze_bn:
+        if mode and self.freeze_backbone:
+            self.backbone.eval()
+        elif mode and self.freeze_bn:
             for m in self.backbone.bn_modules():
                 m.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(images)["out"]
+        if self.freeze_backbone:
+            with torch.no_grad():
+                feats = self.backbone(images)["out"]
+        else:
+            feats = self.backbone(images)["out"]
         out = self.head[0](feats)
         for branch in self.head[1:]:
             out = out + branch(feats)
@@ -186,12 +199,13 @@ class DeepLab(nn.Module):
 
 def build_deeplab(model: str, backbone: str, num_classes: int, pretrained: bool = True,
                   output_stride: int = 16, freeze_bn: bool = True, head_channels: int | None = None,
-                  rates: Sequence[int] | None = None) -> DeepLab:
+                  rates: Sequence[int] | None = None, freeze_backbone: bool = False) -> DeepLab:
     """A DeepLab by name (see the module docstring); ``num_classes`` includes background."""
     if model not in MODELS:
         raise ValueError(f"unknown DeepLab model {model!r}; choose one of {', '.join(MODELS)}")
     bb = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
-    return DeepLab(bb, num_classes, model=model, head_channels=head_channels, rates=rates, freeze_bn=freeze_bn)
+    return DeepLab(bb, num_classes, model=model, head_channels=head_channels, rates=rates, freeze_bn=freeze_bn,
+                   freeze_backbone=freeze_backbone)
 
 
 def build_from_config(section: dict, num_classes: int, pretrained: bool | None = None) -> DeepLab:
@@ -200,7 +214,8 @@ def build_from_config(section: dict, num_classes: int, pretrained: bool | None =
         section.get("model", "deeplab_largefov"), section.get("backbone", "efficientnet_lite0"), num_classes,
         pretrained=section.get("pretrained", True) if pretrained is None else pretrained,
         output_stride=section.get("output_stride", 16), freeze_bn=section.get("freeze_bn", True),
-        head_channels=section.get("head_channels"), rates=section.get("rates"))
+        head_channels=section.get("head_channels"), rates=section.get("rates"),
+        freeze_backbone=section.get("freeze_backbone", False))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -222,6 +237,7 @@ def save_deeplab(path: str | Path, model: DeepLab, config_section: dict, class_n
         "head_channels": model.head_channels,
         "rates": list(model.rates),
         "freeze_bn": model.freeze_bn,
+        "freeze_backbone": model.freeze_backbone,
         "class_names": names,
         "config": dict(config_section),
         "extra": dict(extra or {}),
@@ -251,7 +267,8 @@ def load_deeplab(path: str | Path, map_location: str | torch.device = "cpu",
             f"but the dataset has {num_classes}: it was trained on another dataset")
     model = build_deeplab(meta["model"], meta["backbone"], meta["num_classes"], pretrained=False,
                           output_stride=meta["output_stride"], freeze_bn=meta["freeze_bn"],
-                          head_channels=meta["head_channels"], rates=meta["rates"])
+                          head_channels=meta["head_channels"], rates=meta["rates"],
+                          freeze_backbone=meta.get("freeze_backbone", False))
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
