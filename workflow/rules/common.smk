@@ -1,6 +1,7 @@
-# Helpers shared by every rule file: config validation, paths, per-stage params.
+# Shared helpers (config validation, paths, per-stage params) for the stage files.
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,13 +20,15 @@ TRAIN_SPLIT = config["dataset"]["train_split"]
 EVAL_SPLIT = config["dataset"]["eval_split"]
 PACKAGE = Path(workflow.basedir) / "icd_pipeline"
 
-# The interpreter that runs Snakemake runs the stages too, so `.venv/bin/snakemake` works
-# without activating the venv; with --sdm conda each rule's env provides `python`.
-PY = (
-    "python"
-    if "conda" in str(workflow.deployment_settings.deployment_method).lower()
-    else sys.executable
-)
+
+# Stages run `python -m icd_pipeline...`: put the interpreter that runs Snakemake first on
+# PATH, so `.venv/bin/snakemake` works without activating the venv (with --sdm conda, each
+# job's activated env comes first instead).
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def data_root():
@@ -59,3 +62,16 @@ def code_hash(*modules):
         h.update(p.relative_to(PACKAGE).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def deeplab_masks(wildcards):
+    """DeepLab trains on ICD+CRF pseudo-masks (target pseudo) or ground truth (full)."""
+    if wildcards.target == "pseudo":
+        return {"masks": f"{RES}/pseudo_masks/masks"}
+    return {"manifest": f"{RES}/data/manifest.json"}
+
+
+def mask_dir_arg(wildcards, input):
+    if wildcards.target == "pseudo":
+        return f"--mask-dir {input.masks}/icd_crf"
+    return ""

@@ -19,11 +19,12 @@ if SOURCE == "synthetic":
             mem_mb=2000,
             runtime=30,
         params:
+            out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("seed", "dataset"),
             code=code_hash("data/synthetic.py"),
         shell:
-            "{PY} -m icd_pipeline.data.synthetic --config-json {params.cfg:q}"
-            " --out {RES}/data > {log} 2>&1"
+            "python -m icd_pipeline.data.synthetic --config-json {params.cfg:q}"
+            " --out {params.out} > {log} 2>&1"
 
 elif SOURCE == "voc2012":
 
@@ -44,11 +45,12 @@ elif SOURCE == "voc2012":
             mem_mb=2000,
             runtime=240,
         params:
+            out=lambda w, output: os.path.dirname(output.done),
             cfg=stage_config("dataset"),
             code=code_hash("data/download.py"),
         shell:
-            "{PY} -m icd_pipeline.data.download --config-json {params.cfg:q}"
-            " --out-dir {RES}/downloads > {log} 2>&1"
+            "python -m icd_pipeline.data.download --config-json {params.cfg:q}"
+            " --out-dir {params.out} > {log} 2>&1"
 
     rule prepare_voc:
         input:
@@ -66,11 +68,13 @@ elif SOURCE == "voc2012":
             mem_mb=4000,
             runtime=120,
         params:
+            downloads=lambda w, input: os.path.dirname(input.done),
+            out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("dataset"),
             code=code_hash("data/prepare.py"),
         shell:
-            "{PY} -m icd_pipeline.data.prepare voc --config-json {params.cfg:q}"
-            " --downloads {RES}/downloads --out {RES}/data > {log} 2>&1"
+            "python -m icd_pipeline.data.prepare voc --config-json {params.cfg:q}"
+            " --downloads {params.downloads} --out {params.out} > {log} 2>&1"
 
 else:
 
@@ -91,7 +95,7 @@ else:
             cfg=stage_config("dataset"),
             code=code_hash("data/prepare.py"),
         shell:
-            "{PY} -m icd_pipeline.data.prepare folder --config-json {params.cfg:q}"
+            "python -m icd_pipeline.data.prepare folder --config-json {params.cfg:q}"
             " --out-manifest {output.manifest} > {log} 2>&1"
 
 

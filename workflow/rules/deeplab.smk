@@ -8,18 +8,6 @@ wildcard_constraints:
     target="pseudo|full",
 
 
-def deeplab_masks(wildcards):
-    if wildcards.target == "pseudo":
-        return {"masks": rules.make_pseudo_masks.output.masks}
-    return {"manifest": f"{RES}/data/manifest.json"}
-
-
-def mask_dir_arg(wildcards, input):
-    if wildcards.target == "pseudo":
-        return f"--mask-dir {input.masks}/icd_crf"
-    return ""
-
-
 rule train_deeplab:
     input:
         unpack(deeplab_masks),
@@ -44,14 +32,16 @@ rule train_deeplab:
         runtime=720,
         gpu=1,
     params:
+        out=lambda w, output: os.path.dirname(output.model),
+        split=TRAIN_SPLIT,
         cfg=stage_config("seed", "device", "deeplab"),
         code=code_hash("train_deeplab.py", "models"),
-        root=data_root(),
+        root=lambda w: data_root(),
         mask_dir=mask_dir_arg,
     shell:
-        "{PY} -m icd_pipeline.train_deeplab --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {TRAIN_SPLIT} {params.mask_dir}"
-        " --out-dir {RES}/deeplab/{wildcards.target} > {log} 2>&1"
+        "python -m icd_pipeline.train_deeplab --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {params.split} {params.mask_dir}"
+        " --out-dir {params.out} > {log} 2>&1"
 
 
 rule infer_deeplab:
@@ -73,12 +63,13 @@ rule infer_deeplab:
         runtime=120,
         gpu=1,
     params:
+        split=EVAL_SPLIT,
         cfg=stage_config("device", "deeplab", "pseudo_masks"),
         code=code_hash("infer_deeplab.py", "evaluate.py", "crf.py", "models"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.infer_deeplab --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {EVAL_SPLIT} --checkpoint {input.model}"
+        "python -m icd_pipeline.infer_deeplab --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {params.split} --checkpoint {input.model}"
         " --pred-dir {output.predictions} --out-csv {output.per_class}"
         " --out-json {output.summary} > {log} 2>&1"
 
@@ -111,10 +102,11 @@ rule deeplab_pictures:
         mem_mb=2000,
         runtime=30,
     params:
+        split=EVAL_SPLIT,
         code=code_hash("deeplab_pictures.py"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.deeplab_pictures --data-root {params.root} --split {EVAL_SPLIT}"
+        "python -m icd_pipeline.deeplab_pictures --data-root {params.root} --split {params.split}"
         " --pred-pseudo {input.pseudo} --pred-full {input.full}"
         " --per-class-pseudo {input.per_class_pseudo} --per-class-full {input.per_class_full}"
         " --out-grid {output.grid} --out-bars {output.bars} > {log} 2>&1"

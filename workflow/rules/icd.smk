@@ -19,9 +19,9 @@ rule superpixels:
     params:
         cfg=stage_config("superpixels", "device"),
         code=code_hash("superpixels.py", "models/backbones.py"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.superpixels --config-json {params.cfg:q}"
+        "python -m icd_pipeline.superpixels --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
 
 
@@ -53,15 +53,17 @@ rule train_icd:
         runtime=720,
         gpu=1,
     params:
+        out=lambda w, output: os.path.dirname(output.model),
+        split=TRAIN_SPLIT,
         cfg=stage_config("seed", "device", "icd"),
         code=code_hash(
             "train_icd.py", "models", "losses.py", "viz.py", "superpixels.py"
         ),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.train_icd --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {TRAIN_SPLIT}"
-        " --superpixels {input.superpixels} --out-dir {RES}/icd > {log} 2>&1"
+        "python -m icd_pipeline.train_icd --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {params.split}"
+        " --superpixels {input.superpixels} --out-dir {params.out} > {log} 2>&1"
 
 
 rule extract_maps:
@@ -83,9 +85,9 @@ rule extract_maps:
     params:
         cfg=stage_config("device", "maps"),
         code=code_hash("extract_maps.py", "maps_io.py", "models"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
+        "python -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"
         " --checkpoint {input.model} --out {output.h5} > {log} 2>&1"
 

@@ -18,12 +18,13 @@ rule make_pseudo_masks:
         mem_mb=4000,
         runtime=120,
     params:
+        split=TRAIN_SPLIT,
         cfg=stage_config("pseudo_masks"),
         code=code_hash("make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.make_pseudo_masks --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {TRAIN_SPLIT}"
+        "python -m icd_pipeline.make_pseudo_masks --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {params.split}"
         " --maps {input.maps} --out-dir {output.masks} > {log} 2>&1"
 
 
@@ -48,10 +49,11 @@ rule eval_pseudo_masks:
         mem_mb=2000,
         runtime=30,
     params:
+        split=TRAIN_SPLIT,
         code=code_hash("eval_pseudo_masks.py", "evaluate.py"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.eval_pseudo_masks --data-root {params.root} --split {TRAIN_SPLIT}"
+        "python -m icd_pipeline.eval_pseudo_masks --data-root {params.root} --split {params.split}"
         " --masks-dir {input.masks} --out-table {output.table}"
         " --out-per-class {output.per_class} > {log} 2>&1"
 
@@ -77,10 +79,11 @@ rule pseudo_mask_pictures:
         mem_mb=2000,
         runtime=30,
     params:
+        split=TRAIN_SPLIT,
         code=code_hash("pictures.py", "maps_io.py"),
-        root=data_root(),
+        root=lambda w: data_root(),
     shell:
-        "{PY} -m icd_pipeline.pictures pseudo-masks --data-root {params.root} --split {TRAIN_SPLIT}"
+        "python -m icd_pipeline.pictures pseudo-masks --data-root {params.root} --split {params.split}"
         " --maps {input.maps} --masks-dir {input.masks} --out {output.grid} > {log} 2>&1"
 
 

@@ -5,9 +5,8 @@
 rule summarize:
     input:
         table=rules.eval_pseudo_masks.output.table,
-        summaries=expand(
-            f"{RES}/deeplab/{{target}}/summary.json", target=DEEPLAB_TARGETS
-        ),
+        deeplab_pseudo=f"{RES}/deeplab/pseudo/summary.json",
+        deeplab_full=f"{RES}/deeplab/full/summary.json",
         pictures=rules.deeplab_pictures.output,
         grid=rules.pseudo_mask_pictures.output.grid,
     output:
@@ -28,12 +27,13 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
+        dataset=DATASET,
         code=code_hash("report.py"),
         bench=BENCH,
     shell:
-        "{PY} -m icd_pipeline.report --dataset {DATASET}"
-        " --pseudo-table {input.table} --deeplab-pseudo {RES}/deeplab/pseudo/summary.json"
-        " --deeplab-full {RES}/deeplab/full/summary.json --benchmarks {params.bench}"
+        "python -m icd_pipeline.report --dataset {params.dataset}"
+        " --pseudo-table {input.table} --deeplab-pseudo {input.deeplab_pseudo}"
+        " --deeplab-full {input.deeplab_full} --benchmarks {params.bench}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
 
 
