@@ -7,7 +7,8 @@ Entry point::
         --out-table results/<ds>/pseudo_masks/table.csv \
         --out-per-class results/<ds>/pseudo_masks/per_class.csv
 
-``--masks-dir`` holds one folder of palette PNGs per method (cam, cam_crf, icd_seed, icd_crf).
+``--masks-dir`` holds one folder of palette PNGs per method (cam, cam_crf, icd_seed, icd_crf, and
+icd_sal when the seeds used saliency: the row ICD+saliency).
 Each ground-truth mask is read once and scored under both protocols (icd_pipeline.evaluate):
 
 - ``miou`` / ``pixel_acc``: pixels predicted 255 count as background (default protocol);
@@ -41,6 +42,8 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("ICD", "icd_seed"),
     ("ICD+CRF", "icd_crf"),
 )
+# present only when the pseudo-masks were made with seeds.background: saliency
+SALIENCY_ROW = ("ICD+saliency", "icd_sal")
 TABLE_COLUMNS = ["method", "miou", "miou_authors", "left_out_fraction", "pixel_acc", "pixel_acc_authors",
                  "images"]
 
@@ -94,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         layout = VOCLayout.open(args.data_root)
-        evs = evaluate_methods(layout, layout.ids(args.split), args.masks_dir, progress=not args.no_progress)
+        methods = METHODS + ((SALIENCY_ROW,) if (Path(args.masks_dir) / SALIENCY_ROW[1]).is_dir() else ())
+        evs = evaluate_methods(layout, layout.ids(args.split), args.masks_dir, methods,
+                               progress=not args.no_progress)
         table, per_class = tables(evs, layout.class_names)
         with atomic_path(args.out_table) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")

@@ -5,6 +5,9 @@
 ``icd_seed/``  ICD seed (:func:`seeds.icd_seed`), 255 = ignore
 ``icd_crf/``   the ICD seed refined by the dense CRF (:func:`crf.crf_from_labels`) - the
                pseudo-mask of the paper
+``icd_sal/``   only with ``seeds.background: saliency``: the ICD seed with its background
+               taken from a saliency map (:func:`seeds.saliency_seed`, spec 5.4; no CRF unless
+               ``seeds.saliency_crf``) - the paper's image+saliency setting
 
 Both CRF rows use the paper's seed protocol (all ``num_classes`` labels incl. background,
 seed confidence ``pseudo_masks.crf.unary_confidence``, pairwise parameters from
@@ -44,9 +47,49 @@ import numpy as np
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import VOID, cam_seed, icd_seed, upsample_maps
+from icd_pipeline.seeds import VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
+SALIENCY_METHOD = "icd_sal"
+
+
+def methods_for(seeds_cfg: dict | None) -> tuple[str, ...]:
+    """The output folders for a seeds config."""
+    if (seeds_cfg or {}).get("background") == "saliency":
+        return METHODS + (SALIENCY_METHOD,)
+    return METHODS
+
+
+def saliency_dir(seeds_cfg: dict, data_root: str | Path) -> Path:
+    """``seeds.saliency_dir``, or ``<data root>/Saliency`` when it is null."""
+    return Path(seeds_cfg.get("saliency_dir") or Path(data_root) / "Saliency")
+
+
+def check_saliency(ids: Sequence[str], folder: Path) -> None:
+    """Fail up front, listing the first ten missing saliency maps and their count."""
+    missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
+    if missing:
+        from icd_pipeline.data.voc import DataError
+
+        raise DataError(f"{folder}: {len(missing)} saliency map(s) missing for listed ids, first ten: "
+                        f"{missing[:10]} (seeds.background is 'saliency': provide <id>.png for every id "
+                        f"or set seeds.background: icd)")
+
+
+def read_saliency(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    """A greyscale saliency PNG (0-255, any size) resized bilinearly to ``hw``, in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    from icd_pipeline.data.voc import DataError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L")
+            if img.size != (hw[1], hw[0]):
+                img = img.resize((hw[1], hw[0]), Image.BILINEAR)
+            return np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: unreadable saliency map ({exc})") from exc
 FORMAT_VERSION = 1
 
 
@@ -63,9 +106,11 @@ def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
 
 
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
-                           cell: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
-    """The four label maps (uint8, H x W) of one image from its maps ``record``
-    (``MapsReader.read`` output)."""
+                           cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
+                           saliency: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The label maps (uint8, H x W) of one image from its maps ``record``
+    (``MapsReader.read`` output): the four of METHODS, plus ``icd_sal`` when ``saliency``
+    (H x W in [0, 1]) is given."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -77,19 +122,28 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
     conf = crf_cfg.get("unary_confidence", 0.5)
     min_post = crf_cfg.get("min_posterior", 0.1)
     if not class_ids:   # no image-level label: nothing but background can be claimed
-        cam = icd = np.zeros((H, W), np.uint8)
+        cam = icd = sal = np.zeros((H, W), np.uint8)
     else:
         valid = record.get("valid_hw")
         td = upsample_maps(record["td"], (H, W), valid, cell)
         cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
         cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
         icd = icd_seed(td, cam_maps, class_ids)
-    return {
+        if saliency is not None:
+            seeds_cfg = seeds_cfg or {}
+            sal = saliency_seed(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
+                                seeds_cfg.get("saliency_min_area", 0.01))
+    out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
         "icd_seed": icd,
         "icd_crf": crf_from_labels(image, icd, num_labels, conf, min_post, **crf_kwargs),
     }
+    if saliency is not None:
+        if (seeds_cfg or {}).get("saliency_crf", False):
+            sal = crf_from_labels(image, sal, num_labels, conf, min_post, **crf_kwargs)
+        out[SALIENCY_METHOD] = sal
+    return out
 
 
 # --------------------------------------------------------------------------- workers
@@ -98,7 +152,7 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, pm_cfg: dict,
-                 reader_factory: Callable | None = None) -> None:
+                 reader_factory: Callable | None = None, seeds_cfg: dict | None = None) -> None:
     from icd_pipeline.data.voc import VOCLayout
 
     if reader_factory is None:
@@ -107,11 +161,13 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
         reader_factory = MapsReader
     _STATE.clear()
     _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
-                  num_labels=num_labels, pm_cfg=pm_cfg)
+                  num_labels=num_labels, pm_cfg=pm_cfg, seeds_cfg=seeds_cfg or {},
+                  saliency_dir=(saliency_dir(seeds_cfg, data_root)
+                                if SALIENCY_METHOD in methods_for(seeds_cfg) else None))
 
 
 def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
-    """Worker: compute and write the four PNGs of one image; return per-method pixel counts
+    """Worker: compute and write the PNGs of one image; return per-method pixel counts
     (background, foreground, ignore)."""
     from icd_pipeline.data.voc import read_image, write_palette_png
 
@@ -119,8 +175,12 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
     image = read_image(_STATE["layout"].image_path(image_id))
     record = reader.read(image_id)
     cell = cell_size(record, getattr(reader, "attrs", None))
+    saliency = None
+    if _STATE["saliency_dir"] is not None:
+        saliency = read_saliency(_STATE["saliency_dir"] / f"{image_id}.png", image.shape[:2])
     try:
-        masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell)
+        masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell,
+                                       _STATE["seeds_cfg"], saliency)
     except ValueError as exc:
         raise ValueError(f"{image_id}: {exc}") from None
     counts = {}
@@ -137,8 +197,9 @@ def _default_workers() -> int:
 
 
 def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str | Path, pm_cfg: dict,
-        workers: int = 1, progress: bool = True, reader_factory: Callable | None = None) -> dict:
-    """Write ``out_dir`` (four PNG folders + manifest.json) atomically; return the manifest."""
+        workers: int = 1, progress: bool = True, reader_factory: Callable | None = None,
+        seeds_cfg: dict | None = None) -> dict:
+    """Write ``out_dir`` (PNG folders + manifest.json) atomically; return the manifest."""
     from tqdm import tqdm
 
     from icd_pipeline.data.voc import VOCLayout
@@ -150,6 +211,9 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     layout = VOCLayout.open(data_root)
     ids = layout.ids(split)
     num_labels = layout.num_classes
+    methods = methods_for(seeds_cfg)
+    if SALIENCY_METHOD in methods:
+        check_saliency(ids, saliency_dir(seeds_cfg, data_root))
     reader = reader_factory(str(maps_path))
     try:
         available = set(reader.ids)
@@ -165,11 +229,11 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     names = attrs.get("class_names")
     if names and len(names) != num_labels:
         raise ValueError(f"{maps_path}: maps were made for {len(names)} classes, dataset has {num_labels}")
-    totals = {m: np.zeros(3, np.int64) for m in METHODS}
+    totals = {m: np.zeros(3, np.int64) for m in methods}
     with atomic_dir(out_dir) as tmp:
-        for m in METHODS:
+        for m in methods:
             (tmp / m).mkdir()
-        initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory)
+        initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory, seeds_cfg)
         bar = tqdm(total=len(ids), desc=f"pseudo-masks {split}", unit="img", file=sys.stderr, disable=not progress)
         if workers <= 1:
             _init_worker(*initargs)
@@ -197,12 +261,13 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "data_root": str(data_root),
             "class_names": list(layout.class_names),
             "num_labels": num_labels,
-            "methods": list(METHODS),
+            "methods": list(methods),
             "config": pm_cfg,
+            "seeds": seeds_cfg or {},
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
-                for m in METHODS
+                for m in methods
             },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -230,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workers < 1:
             raise ValueError("--workers must be at least 1")
         t0 = time.time()
-        manifest = run(args.data_root, args.split, args.maps, args.out_dir, cfg["pseudo_masks"], workers=workers)
+        manifest = run(args.data_root, args.split, args.maps, args.out_dir, cfg["pseudo_masks"], workers=workers,
+                       seeds_cfg=cfg["seeds"])
         dt = time.time() - t0
         log.info("%d images in %.1f s (%.1f img/s, %d workers) -> %s", manifest["num_images"], dt,
                  manifest["num_images"] / max(dt, 1e-9), workers, args.out_dir)
@@ -243,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["METHODS", "cell_size", "pseudo_masks_for_image", "run", "main"]
+__all__ = ["METHODS", "SALIENCY_METHOD", "methods_for", "cell_size", "pseudo_masks_for_image", "run", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

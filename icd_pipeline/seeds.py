@@ -99,6 +99,40 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
     return (x - lo) / max(hi - lo, EPS)
 
 
+def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int]):
+    """Shared by the two seed modes: (labels of the winning class, FG, ICD background,
+    ties to ignore on FG)."""
+    td = np.asarray(td, dtype=np.float32)
+    _check(td, class_ids, "td")
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    k = td.shape[0]
+    p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
+    proposal = p > EPS
+    candidate = proposal.argmax(axis=0)
+    tie = np.zeros(td.shape[1:], bool)
+    if k > 1:
+        if cam is None:
+            raise ValueError("cam maps are needed to resolve conflicts when K > 1")
+        cam = np.asarray(cam, dtype=np.float32)
+        if cam.shape != td.shape:
+            raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
+        q = minmax_normalise(np.maximum(cam, 0)) * p
+        conflict = proposal.sum(axis=0) > 1
+        candidate = np.where(conflict, q.argmax(axis=0), candidate)
+        tie = (q.max(axis=0) - q.min(axis=0)) <= EPS
+    fg = proposal.any(axis=0)
+    neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
+    icd_bg = (neg > EPS).all(axis=0)
+    return labels[candidate], fg, icd_bg, tie & fg
+
+
+def _compose(seed: np.ndarray, fg: np.ndarray, bg: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    seed = seed.copy()
+    seed[bg] = 0
+    seed[~(fg ^ bg) | tie] = VOID
+    return seed
+
+
 def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int]) -> np.ndarray:
     """ICD seed (spec 5.2; the official ``_generate_seed`` without saliency).
 
@@ -112,33 +146,27 @@ def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int]) -
     - ignore = not (FG xor BG); with K > 1 also FG pixels where max_c Q - min_c Q <= 1e-5.
     - label = class id on FG, 0 on BG, 255 on ignore.
     """
-    td = np.asarray(td, dtype=np.float32)
-    _check(td, class_ids, "td")
-    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
-    k = td.shape[0]
-    p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
-    proposal = p > EPS
-    candidate = proposal.argmax(axis=0)
-    q = None
-    if k > 1:
-        if cam is None:
-            raise ValueError("cam maps are needed to resolve conflicts when K > 1")
-        cam = np.asarray(cam, dtype=np.float32)
-        if cam.shape != td.shape:
-            raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
-        q = minmax_normalise(np.maximum(cam, 0)) * p
-        conflict = proposal.sum(axis=0) > 1
-        candidate = np.where(conflict, q.argmax(axis=0), candidate)
-    fg = proposal.any(axis=0)
-    neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
-    bg = (neg > EPS).all(axis=0)
-    ignore = ~(fg ^ bg)
-    if q is not None:
-        ignore |= ((q.max(axis=0) - q.min(axis=0)) <= EPS) & fg
-    seed = labels[candidate]
-    seed[bg] = 0
-    seed[ignore] = VOID
-    return seed
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids)
+    return _compose(seed, fg, icd_bg, tie)
+
+
+def saliency_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], saliency: np.ndarray,
+                  bg_threshold: float = 0.01, min_salient_area: float = 0.01) -> np.ndarray:
+    """ICD seed with the background taken from a saliency map (spec 5.4, ``--use-sal``).
+
+    ``saliency``: (H, W) in [0, 1]. FG and conflicts as :func:`icd_seed`; BG = saliency <
+    ``bg_threshold``; when the salient area (saliency >= ``bg_threshold``) is under
+    ``min_salient_area`` of the image, BG must also be ICD background. Pixels where ICD
+    foreground and saliency background disagree (both or neither) become 255.
+    """
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids)
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.shape != fg.shape:
+        raise ValueError(f"saliency shape {saliency.shape} differs from the maps' {fg.shape}")
+    bg = saliency < bg_threshold
+    if (~bg).mean() < min_salient_area:
+        bg &= icd_bg
+    return _compose(seed, fg, bg, tie)
 
 
 def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
@@ -154,4 +182,5 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
     return seed
 
 
-__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "cam_seed", "VOID"]
+__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "cam_seed",
+           "VOID"]

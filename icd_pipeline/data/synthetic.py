@@ -39,8 +39,18 @@ Layout written by :func:`generate` (atomically: the folder appears complete or n
     out/SegmentationClass/<id>.png           8-bit palette PNG (VOC palette)
     out/Annotations/<id>.xml                 VOC-style, one <object> per instance
     out/ImageSets/Segmentation/{train,val}.txt
+    out/Saliency/<id>.png                    (saliency.enabled) SYNTHETIC saliency stand-in, 0-255
     out/dataset.json                         {"class_names", "generator" (params), "seed", ...}
     out/manifest.json                        written last
+
+**Saliency stand-in** (``saliency.enabled``): the paper's image+saliency setting takes its
+background from a saliency detector (DSS, trained with pixel labels). No detector runs here;
+``Saliency/<id>.png`` is a *degraded copy of the ground-truth foreground*, documented as
+synthetic: smooth random parts of the objects are missed (``saliency.miss`` of the object
+area), smooth random background blobs are added (``saliency.false_positive`` times the
+object area), and the result is blurred (``saliency.blur``, a Gaussian sigma in pixels at
+96 px). It is drawn from its own generator (``[seed, split, i, 1]``), so the images and masks
+are the same with or without it.
 
 Ids are ``train_00000`` ..., ``val_00000`` .... Image ``i`` of split ``s`` (0 train, 1 val)
 is drawn from ``np.random.default_rng([seed, s, i])``: the same seed and parameters give
@@ -439,6 +449,29 @@ def annotation_xml(image_id: str, size: int, objects: list[dict]) -> bytes:
     return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
+def render_saliency(rng: np.random.Generator, mask: np.ndarray, params: dict) -> np.ndarray:
+    """The synthetic saliency stand-in (uint8 H x W) for a ground-truth mask; see the module doc."""
+    cfg = params["saliency"]
+    h, w = mask.shape
+    scale = params["image_size"] / REFERENCE_SIZE
+    fg = mask != 0                      # objects incl. their void band
+    sal = fg.astype(np.float32)
+    n_fg = int(fg.sum())
+    if n_fg and cfg["miss"] > 0:
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 6 * scale)
+        cut = np.quantile(field[fg], cfg["miss"])
+        sal[fg & (field < cut)] = 0.0
+    bg = ~fg
+    if n_fg and bg.any() and cfg["false_positive"] > 0:
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 6 * scale)
+        share = min(cfg["false_positive"] * n_fg / bg.sum(), 1.0)
+        cut = np.quantile(field[bg], 1.0 - share)
+        sal[bg & (field >= cut)] = 1.0
+    if cfg["blur"] > 0:
+        sal = ndimage.gaussian_filter(sal, cfg["blur"] * scale)
+    return np.clip(np.round(sal * 255.0), 0, 255).astype(np.uint8)
+
+
 def generate(out_dir: str | Path, params: dict, seed: int, progress: bool = True) -> dict:
     """Write the embedded dataset (VOC layout) into ``out_dir``, atomically; return the
     manifest. ``params``: the ``dataset.synthetic`` config section (defaults are filled in
@@ -452,7 +485,9 @@ def generate(out_dir: str | Path, params: dict, seed: int, progress: bool = True
     counts = {"train": int(params["num_train"]), "val": int(params["num_val"])}
     size = int(params["image_size"])
     with atomic_dir(out_dir) as tmp:
-        dirs = {name: tmp / name for name in ("JPEGImages", "SegmentationClass", "Annotations")}
+        folders = ("JPEGImages", "SegmentationClass", "Annotations") + (
+            ("Saliency",) if params["saliency"]["enabled"] else ())
+        dirs = {name: tmp / name for name in folders}
         for d in dirs.values():
             d.mkdir()
         (tmp / "ImageSets" / "Segmentation").mkdir(parents=True)
@@ -469,6 +504,9 @@ def generate(out_dir: str | Path, params: dict, seed: int, progress: bool = True
                     write_palette_png(dirs["SegmentationClass"] / f"{image_id}.png", out.mask)
                     (dirs["Annotations"] / f"{image_id}.xml").write_bytes(
                         annotation_xml(image_id, size, out.objects))
+                    if "Saliency" in dirs:
+                        sal = render_saliency(np.random.default_rng([seed, split_index, i, 1]), out.mask, params)
+                        Image.fromarray(sal, mode="L").save(dirs["Saliency"] / f"{image_id}.png")
                     ids.append(image_id)
                     bar.update(1)
                 (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))

@@ -73,5 +73,6 @@ def deeplab_masks(wildcards):
 
 def mask_dir_arg(wildcards, input):
     if wildcards.target == "pseudo":
-        return f"--mask-dir {input.masks}/icd_crf"
+        sub = "icd_sal" if config["seeds"]["background"] == "saliency" else "icd_crf"
+        return f"--mask-dir {input.masks}/{sub}"
     return ""

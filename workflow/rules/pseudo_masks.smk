@@ -19,7 +19,7 @@ rule make_pseudo_masks:
         runtime=120,
     params:
         split=TRAIN_SPLIT,
-        cfg=stage_config("pseudo_masks"),
+        cfg=stage_config("pseudo_masks", "seeds"),
         code=code_hash("make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"),
         root=lambda w: data_root(),
     shell:
