@@ -53,9 +53,14 @@ METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
 
 
-def methods_for(seeds_cfg: dict | None) -> tuple[str, ...]:
-    """The output folders for a seeds config."""
-    if (seeds_cfg or {}).get("background") == "saliency":
+def methods_for(seeds_cfg: dict | None, data_root: str | Path | None = None) -> tuple[str, ...]:
+    """The output folders: the four of METHODS, plus ``icd_sal`` when ``seeds.background`` is
+    ``saliency`` or, with no ``saliency_dir`` set, when the dataset ships a ``Saliency/``
+    folder (the embedded dataset does), so the table always shows what saliency adds."""
+    seeds_cfg = seeds_cfg or {}
+    if seeds_cfg.get("background") == "saliency":
+        return METHODS + (SALIENCY_METHOD,)
+    if data_root is not None and not seeds_cfg.get("saliency_dir") and (Path(data_root) / "Saliency").is_dir():
         return METHODS + (SALIENCY_METHOD,)
     return METHODS
 
@@ -162,8 +167,8 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
     _STATE.clear()
     _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
                   num_labels=num_labels, pm_cfg=pm_cfg, seeds_cfg=seeds_cfg or {},
-                  saliency_dir=(saliency_dir(seeds_cfg, data_root)
-                                if SALIENCY_METHOD in methods_for(seeds_cfg) else None))
+                  saliency_dir=(saliency_dir(seeds_cfg or {}, data_root)
+                                if SALIENCY_METHOD in methods_for(seeds_cfg, data_root) else None))
 
 
 def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
@@ -211,9 +216,9 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     layout = VOCLayout.open(data_root)
     ids = layout.ids(split)
     num_labels = layout.num_classes
-    methods = methods_for(seeds_cfg)
+    methods = methods_for(seeds_cfg, data_root)
     if SALIENCY_METHOD in methods:
-        check_saliency(ids, saliency_dir(seeds_cfg, data_root))
+        check_saliency(ids, saliency_dir(seeds_cfg or {}, data_root))
     reader = reader_factory(str(maps_path))
     try:
         available = set(reader.ids)

@@ -65,14 +65,20 @@ def code_hash(*modules):
 
 
 def deeplab_masks(wildcards):
-    """DeepLab trains on ICD+CRF pseudo-masks (target pseudo) or ground truth (full)."""
-    if wildcards.target == "pseudo":
+    """DeepLab trains on pseudo-masks (targets pseudo, saliency) or ground truth (full)."""
+    if wildcards.target in ("pseudo", "saliency"):
         return {"masks": f"{RES}/pseudo_masks/masks"}
     return {"manifest": f"{RES}/data/manifest.json"}
 
 
 def mask_dir_arg(wildcards, input):
+    """pseudo: the masks seeds.background selects (icd_crf, or icd_sal with saliency);
+    saliency: the ICD+saliency seeds (benchmark row); full: ground truth (no argument).
+    """
+    if wildcards.target == "saliency" or (
+        wildcards.target == "pseudo" and config["seeds"]["background"] == "saliency"
+    ):
+        return f"--mask-dir {input.masks}/icd_sal"
     if wildcards.target == "pseudo":
-        sub = "icd_sal" if config["seeds"]["background"] == "saliency" else "icd_crf"
-        return f"--mask-dir {input.masks}/{sub}"
+        return f"--mask-dir {input.masks}/icd_crf"
     return ""

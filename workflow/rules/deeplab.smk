@@ -1,11 +1,12 @@
 # Stage "deeplab": the segmentation network trained on ICD+CRF pseudo-masks ("pseudo") and,
 # with the same recipe and budget, on the ground-truth masks ("full", the upper bound).
+# A third target, "saliency" (ICD+saliency seeds), is built on request (the benchmark does).
 
 DEEPLAB_TARGETS = ["pseudo", "full"]
 
 
 wildcard_constraints:
-    target="pseudo|full",
+    target="pseudo|full|saliency",
 
 
 rule train_deeplab:
