@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Quality, speed and cost of the pipeline, measured side by side, in one command.
+
+    .venv/bin/python benchmarks/run_benchmark.py                  # embedded dataset, seeds 0 1 2
+    .venv/bin/python benchmarks/run_benchmark.py --seeds 0        # one seed (faster)
+    .venv/bin/python benchmarks/run_benchmark.py --preset sample --sample-root ../shared/data/voc2012-sample/VOC2012
+
+For every seed it runs the whole DAG (``snakemake all``, plus DeepLab on the ICD+saliency seeds
+when the dataset ships saliency maps) under ``results/<dataset>[-seedN]/`` (finished runs are
+reused), then measures on the first seed's run:
+
+- quality: pseudo-mask mIoU on train (CAM, CAM+CRF, ICD, ICD+CRF[, ICD+saliency]), DeepLab val
+  mIoU on ICD pseudo-masks and with full supervision, their ratio (mean and spread over seeds);
+- speed: wall time per stage (Snakemake ``benchmark:`` files), training images/s, extraction
+  images/s against the bare forward of the same model on the same images, CRF images/s with
+  1 and 2 workers, ``snakemake -n all`` time on the finished run;
+- cost: HDF5 bytes per image against float32 .npy per image, peak resident memory per stage,
+  and of extraction and CRF at 1x and 4x the number of images.
+
+Writes ``results/benchmark/<dataset>.csv`` (metric, value, spread, unit) and ``<dataset>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from icd_pipeline.config import load_config  # noqa: E402
+from icd_pipeline.report import read_benchmarks, to_markdown  # noqa: E402
+
+PY = sys.executable
+ENV = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, **kw)
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run a command; return (wall seconds, peak RSS in MB of that process)."""
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024.0
+
+
+def snakemake_args(name: str, seed: int) -> list[str]:
+    """snakemake with the preset's config file, and the seed and dataset name of one run."""
+    dataset = f"name: {name}" + (f", root: {SAMPLE_ROOT}" if SAMPLE_ROOT else "")
+    return [PY, "-m", "snakemake", "--cores", str(ARGS.cores), *PRESET_ARGS,
+            "--config", f"seed={seed}", f"dataset={{{dataset}}}"]
+
+
+def run_dag(name: str, seed: int, saliency: bool) -> float | None:
+    """Run (or reuse) the DAG for one seed; return the wall time if it did work now."""
+    res = ROOT / "results" / name
+    targets = ["all"] + ([f"results/{name}/deeplab/saliency/summary.json"] if saliency else [])
+    dry = subprocess.run(snakemake_args(name, seed) + ["-n", *targets], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True)
+    if dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr:
+        return None
+    t0 = time.perf_counter()
+    sh(snakemake_args(name, seed) + targets)
+    wall = time.perf_counter() - t0
+    (res / "benchmark_wall.json").write_text(json.dumps({"seconds": wall}))
+    return wall
+
+
+def quality(name: str, saliency: bool) -> dict[str, float]:
+    res = ROOT / "results" / name
+    table = pd.read_csv(res / "pseudo_masks" / "table.csv").set_index("method")
+    q = {f"pseudo-mask mIoU {m}": float(table.loc[m, "miou"]) for m in table.index}
+    q.update({f"pseudo-mask mIoU {m} (255 left out)": float(table.loc[m, "miou_authors"]) for m in table.index})
+    pseudo = json.loads((res / "deeplab" / "pseudo" / "summary.json").read_text())["miou"]
+    full = json.loads((res / "deeplab" / "full" / "summary.json").read_text())["miou"]
+    q["DeepLab val mIoU on ICD pseudo-masks"] = pseudo
+    q["DeepLab val mIoU, full supervision"] = full
+    q["DeepLab pseudo / full"] = pseudo / full
+    if saliency:
+        sal = json.loads((res / "deeplab" / "saliency" / "summary.json").read_text())["miou"]
+        q["DeepLab val mIoU on ICD+saliency seeds"] = sal
+        q["DeepLab saliency / full"] = sal / full
+    return q
+
+
+def subset_root(data_root: Path, work: Path, ids: list[str], n1: int) -> Path:
+    """A VOC-layout view of ``data_root`` (symlinks) with split lists bench1x / bench4x."""
+    view = work / "data"
+    if view.exists():
+        shutil.rmtree(view)
+    (view / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for entry in data_root.iterdir():
+        if entry.name not in ("ImageSets", "manifest.json"):
+            os.symlink(entry.resolve(), view / entry.name)
+    (view / "ImageSets" / "Segmentation" / "bench1x.txt").write_text("\n".join(ids[:n1]) + "\n")
+    (view / "ImageSets" / "Segmentation" / "bench4x.txt").write_text("\n".join(ids[:4 * n1]) + "\n")
+    return view
+
+
+def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
+    from icd_pipeline import make_pseudo_masks
+    from icd_pipeline.data.voc import VOCLayout
+    from icd_pipeline.maps_io import MapsReader
+
+    res = ROOT / "results" / name
+    rows: list[dict] = []
+
+    def add(metric, value, unit=""):
+        rows.append({"metric": metric, "value": float(value), "spread": float("nan"), "unit": unit})
+
+    bench = read_benchmarks(res / "benchmarks")
+    for r in bench.itertuples():
+        add(f"wall time: {r.stage}", r.seconds, "s")
+    add("wall time: all stages (sum)", bench.seconds.sum(), "s")
+    wall = res / "benchmark_wall.json"
+    if wall.is_file():
+        add("wall time: snakemake all (measured)", json.loads(wall.read_text())["seconds"], "s")
+    for r in bench.itertuples():
+        add(f"peak RSS: {r.stage}", r.max_rss_mb, "MB")
+    for stage, folder in (("ICD", res / "icd"), ("DeepLab (pseudo)", res / "deeplab" / "pseudo")):
+        m = pd.read_csv(folder / "metrics.csv")
+        add(f"training images/s: {stage}", m["images_per_s"].mean(), "img/s")
+
+    split = cfg["dataset"]["train_split"]
+    work = ROOT / "results" / "benchmark" / "work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    stage_json = json.dumps({"device": cfg["device"], "maps": cfg["maps"]})
+
+    # extraction vs bare forward of the same model on the same images
+    out = subprocess.run([PY, "-m", "icd_pipeline.extract_maps", "--config-json", stage_json,
+                          "--data-root", str(data_root), "--split", split, "--checkpoint",
+                          str(res / "icd" / "model.pt"), "--out", str(work / "maps.h5"),
+                          "--benchmark-forward", "--benchmark-batches", "1000", "--no-progress"],
+                         cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+    ext = json.loads(out.stdout.strip().splitlines()[-1])
+    add("extraction images/s", ext["extract_images_per_s"], "img/s")
+    add("bare forward images/s", ext["forward_images_per_s"], "img/s")
+    add("extraction / bare forward", ext["extract_images_per_s"] / ext["forward_images_per_s"])
+
+    # CRF (the whole pseudo-mask stage) with 1 and 2 workers
+    layout = VOCLayout.open(data_root)
+    ids = layout.ids(split)
+    n1 = max(1, len(ids) // 4)
+    view = subset_root(data_root, work, ids, n1)
+    maps = res / "maps" / f"{split}.h5"
+    rates = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            t0 = time.perf_counter()
+            make_pseudo_masks.run(view, "bench1x", maps, Path(tmp) / "masks", cfg["pseudo_masks"],
+                                  workers=workers, progress=False, seeds_cfg=cfg["seeds"])
+            rates[workers] = n1 / (time.perf_counter() - t0)
+        add(f"pseudo-masks (seeds + CRF) images/s, {workers} worker(s)", rates[workers], "img/s")
+    add("CRF scaling 2 workers / 1 worker", rates[2] / rates[1])
+
+    # dry run on the finished run
+    t0 = time.perf_counter()
+    subprocess.run(snakemake_args(name, cfg["seed"]) + ["-n", "all"], cwd=ROOT, env=ENV,
+                   check=True, capture_output=True)
+    add("snakemake -n all on the finished run", time.perf_counter() - t0, "s")
+
+    # HDF5 against float32 .npy
+    with MapsReader(maps) as reader:
+        n = len(reader.ids)
+        npy = sum(128 + 4 * 2 * int(np.prod(reader.read(i)["cam"].shape)) for i in reader.ids)
+    add("maps HDF5 bytes per image", maps.stat().st_size / n, "B")
+    add("maps float32 .npy bytes per image", npy / n, "B")
+    add("HDF5 / npy", maps.stat().st_size / npy)
+
+    # memory at 1x and 4x the images (extraction; pseudo-masks with one worker process)
+    for tag in ("bench1x", "bench4x"):
+        count = len((view / "ImageSets" / "Segmentation" / f"{tag}.txt").read_text().split())
+        _, rss = run_measured([PY, "-m", "icd_pipeline.extract_maps", "--config-json", stage_json,
+                               "--data-root", str(view), "--split", tag, "--checkpoint",
+                               str(res / "icd" / "model.pt"), "--out", str(work / f"{tag}.h5"), "--no-progress"])
+        add(f"peak RSS extraction, {count} images", rss, "MB")
+        _, rss = run_measured([PY, "-m", "icd_pipeline.make_pseudo_masks", "--config-json",
+                               json.dumps({"pseudo_masks": cfg["pseudo_masks"], "seeds": cfg["seeds"]}),
+                               "--data-root", str(view), "--split", tag, "--maps", str(work / f"{tag}.h5"),
+                               "--out-dir", str(work / f"{tag}_masks"), "--workers", "1"])
+        add(f"peak RSS pseudo-masks, {count} images", rss, "MB")
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    global ARGS, PRESET_ARGS, SAMPLE_ROOT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--preset", choices=["embedded", "sample"], default="embedded")
+    parser.add_argument("--sample-root", default=None, help="VOC2012 folder of the real sample (preset sample)")
+    ARGS = parser.parse_args()
+    PRESET_ARGS, SAMPLE_ROOT = [], None
+    files = [ROOT / "config.yaml"]
+    if ARGS.preset == "sample":
+        if not ARGS.sample_root:
+            parser.error("--preset sample needs --sample-root")
+        preset = ROOT / "workflow" / "presets" / "voc2012_sample.yaml"
+        PRESET_ARGS = ["--configfile", str(preset)]
+        SAMPLE_ROOT = str(Path(ARGS.sample_root).resolve())
+        files.append(preset)
+    cfg = load_config(files)
+    if SAMPLE_ROOT:
+        cfg["dataset"]["root"] = SAMPLE_ROOT
+    base = cfg["dataset"]["name"]
+    names = {s: base if s == cfg["seed"] else f"{base}-seed{s}" for s in ARGS.seeds}
+    saliency = cfg["dataset"]["source"] == "synthetic" and cfg["dataset"]["synthetic"]["saliency"]["enabled"]
+
+    qualities = []
+    for seed, name in names.items():
+        run_dag(name, seed, saliency)
+        qualities.append(quality(name, saliency))
+
+    q = pd.DataFrame(qualities)
+    rows = [{"metric": m, "value": q[m].mean(), "spread": q[m].std(ddof=0) if len(q) > 1 else float("nan"),
+             "unit": f"mean (spread: std) over seeds {ARGS.seeds}" if len(q) > 1 else ""} for m in q.columns]
+    first = names[ARGS.seeds[0]]
+    root = Path(SAMPLE_ROOT) if SAMPLE_ROOT else ROOT / "results" / first / "data"
+    cfg["seed"] = ARGS.seeds[0]
+    rows += speed_and_cost(cfg, first, root)
+    df = pd.DataFrame(rows, columns=["metric", "value", "spread", "unit"])
+    out = ROOT / "results" / "benchmark"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{base}.csv", index=False, float_format="%.6g")
+    machine = f"{os.cpu_count()} CPU cores, " + ("CUDA " + _cuda() if _cuda() else "no GPU")
+    md = (f"# icd-pipeline benchmark: {base}\n\nMachine: {machine}. Command: "
+          f"`.venv/bin/python benchmarks/run_benchmark.py {' '.join(sys.argv[1:])}`.\n\n"
+          + to_markdown(df.fillna(""), "{:.4g}") + "\n")
+    (out / f"{base}.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _cuda() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
