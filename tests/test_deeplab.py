@@ -70,6 +70,17 @@ def test_frozen_bn_and_parameter_groups():
     assert all(m.training for m in free.backbone.bn_modules())
 
 
+def test_frozen_backbone_trains_head_only():
+    model = build_deeplab("deeplab_largefov", "tiny", 3, pretrained=False, output_stride=8, freeze_backbone=True)
+    model.train()
+    assert not model.backbone.training and model.head.training
+    assert list(model.backbone_parameters()) == []
+    loss = model(torch.rand(2, 3, 32, 32)).square().mean()
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head_parameters())
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = build_deeplab("deeplab_v2_aspp", "tiny", 3, pretrained=False, output_stride=8)
     save_deeplab(tmp_path / "m.pt", model, {"model": "deeplab_v2_aspp"}, CLASSES)

@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
-BIN = Path(sys.executable).parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def run_snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile", check: bool = True,
-                  timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [*SNAKEMAKE, "--snakefile", str(snakefile), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def jobs_in_dry_run(proc: subprocess.CompletedProcess) -> set[str]:
-    """Rule names scheduled by a dry run (its 'Job stats' table)."""
-    out = proc.stdout + proc.stderr
-    names = set()
-    in_table = False
-    for line in out.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                in_table = False
-                continue
-            if parts[0].startswith("-"):
-                continue
-            names.add(parts[0])
-    return names
+from smk import BIN, ROOT, TINY, jobs_in_dry_run, nothing_to_do, run_snakemake
 
 
 def test_dry_run_default_config(tmp_path):
@@ -78,3 +43,93 @@ def test_lint_and_format_are_clean(tmp_path):
     fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT,
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+# --------------------------------------------------------------------------- end to end
+
+PKG_FILES = ("Snakefile", "config.yaml", "workflow", "icd_pipeline")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole DAG on the tiny config, once for this module."""
+    work = tmp_path_factory.mktemp("tiny_run")
+    run_snakemake(work, "--cores", "2", "--configfile", str(TINY), "all")
+    return work
+
+
+def test_tiny_run_produces_every_output(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    table = pd.read_csv(res / "pseudo_masks" / "table.csv")
+    assert list(table.method[:4]) == ["CAM", "CAM+CRF", "ICD", "ICD+CRF"]
+    assert "ICD+saliency" in set(table.method)  # the embedded dataset ships saliency maps
+    assert table.miou.between(0, 1).all()
+    for target in ("pseudo", "full"):
+        summary = json.loads((res / "deeplab" / target / "summary.json").read_text())
+        assert 0 <= summary["miou"] <= 1
+        assert (res / "deeplab" / target / "loss_curve.png").stat().st_size > 0
+    for name in ("icd/loss_curve.png", "pseudo_masks/grid.png", "deeplab/grid.png", "deeplab/per_class_iou.png"):
+        assert (res / name).stat().st_size > 1000, name
+    md = (res / "report" / "summary.md").read_text()
+    assert "ICD+CRF" in md and "fully supervised" in md
+    # every rule leaves a log and a benchmark
+    assert len(list((res / "benchmarks").glob("*.tsv"))) >= 10
+    # nothing is written outside results/ and .snakemake/
+    assert {p.name for p in tiny_run.iterdir()} <= {"results", ".snakemake"}
+
+
+def test_rerun_does_nothing(tiny_run):
+    assert nothing_to_do(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all"))
+
+
+def test_config_section_change_reruns_stage_and_downstream_only(tiny_run):
+    proc = run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "--config",
+                         "pseudo_masks={cam_bg_threshold: 0.5}", "all")
+    jobs = jobs_in_dry_run(proc)
+    assert {"make_pseudo_masks", "eval_pseudo_masks", "train_deeplab", "summarize"} <= jobs
+    assert not jobs & {"make_embedded_dataset", "superpixels", "train_icd", "extract_maps"}
+    proc = run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "--config", "maps={batch_size: 3}", "all")
+    jobs = jobs_in_dry_run(proc)
+    assert "extract_maps" in jobs and "train_icd" not in jobs
+
+
+def test_module_edit_reruns_stage_and_downstream_only(tiny_run, tmp_path):
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in PKG_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / name)
+    # an identical copy of the code: nothing to do
+    assert nothing_to_do(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+                                       snakefile=copy / "Snakefile"))
+    with open(copy / "icd_pipeline" / "seeds.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+                                         snakefile=copy / "Snakefile"))
+    assert {"make_pseudo_masks", "eval_pseudo_masks", "train_deeplab", "infer_deeplab"} <= jobs
+    assert not jobs & {"make_embedded_dataset", "train_icd", "extract_maps"}
+    with open(copy / "icd_pipeline" / "losses.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+                                         snakefile=copy / "Snakefile"))
+    assert "train_icd" in jobs and "make_embedded_dataset" not in jobs and "superpixels" not in jobs
+
+
+def test_html_report(tiny_run):
+    run_snakemake(tiny_run, "--configfile", str(TINY), "--report", "report.html")
+    html = (tiny_run / "report.html").read_text(errors="ignore")
+    assert len(html) > 10000 and "Pseudo-masks" in html
+    (tiny_run / "report.html").unlink()
+
+
+def test_saliency_background_end_to_end(tiny_run, tmp_path):
+    """seeds.background: saliency reruns the pseudo-masks and DeepLab on the ICD+saliency seeds."""
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run, work, symlinks=True)  # keeps mtimes and Snakemake's metadata
+    proc = run_snakemake(work, "--cores", "2", "-p", "--configfile", str(TINY), "--config",
+                         "seeds={background: saliency}", "all")
+    out = proc.stdout + proc.stderr
+    assert "masks/icd_sal" in out and "train_icd" not in out
+    table = pd.read_csv(work / "results" / "tiny" / "pseudo_masks" / "table.csv")
+    assert "ICD+saliency" in set(table.method)
+    assert json.loads((work / "results" / "tiny" / "deeplab" / "pseudo" / "summary.json").read_text())["miou"] >= 0

@@ -1,0 +1,48 @@
+"""Running real `snakemake` processes from tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def snakemake_cmd(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir), *args]
+
+
+def run_snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile", check: bool = True,
+                  timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = snakemake_cmd(workdir, *args, snakefile=snakefile)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def jobs_in_dry_run(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rule names scheduled by a dry run (its 'Job stats' table)."""
+    names = set()
+    in_table = False
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                in_table = False
+                continue
+            if not parts[0].startswith("-"):
+                names.add(parts[0])
+    return names
+
+
+def nothing_to_do(proc: subprocess.CompletedProcess) -> bool:
+    return "Nothing to be done" in proc.stdout + proc.stderr
