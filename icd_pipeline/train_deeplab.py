@@ -25,7 +25,7 @@ Recipe (config section ``deeplab``; the CIAN/DeepLab practice of the ICD authors
 
 Outputs in ``--out-dir`` (each written atomically): ``model.pt`` (weights and metadata: model,
 backbone, class names, the ``deeplab`` config section; written last), ``metrics.csv`` (per
-epoch: epoch, lr at the epoch's start, mean loss, pixel accuracy on the training crops, images
+epoch: epoch, backbone lr at the epoch's start (the head's is ``head_lr_mult`` times it), mean loss, pixel accuracy on the training crops, images
 per second, seconds), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
 metrics after every epoch). Rerun with the same inputs and config, training resumes from
 ``checkpoints/last.pt``; a checkpoint written with another config, split or mask folder is
@@ -86,9 +86,10 @@ def make_optimizer(model: DeepLab, section: dict) -> torch.optim.SGD:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int) -> float:
+    """Set every group's poly learning rate; return the poly factor (1 at the start)."""
     for g in optimizer.param_groups:
         g["lr"] = poly_lr(g["base_lr"], iteration, total)
-    return optimizer.param_groups[0]["lr"]
+    return poly_lr(1.0, iteration, total)
 
 
 def fingerprint(section: dict, seed: int, split: str, mask_dir: str | None, data_root: str) -> str:
@@ -136,8 +137,8 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     lr0 = None
     bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
     for batch in bar:
-        lr = set_lr(optimizer, it, total_its)
-        lr0 = lr if lr0 is None else lr0
+        factor = set_lr(optimizer, it, total_its)
+        lr0 = factor if lr0 is None else lr0
         images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
@@ -160,10 +161,10 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         loss_sum += float(loss.detach()) * b
         n_images += b
         it += 1
-        bar.set_postfix(loss=f"{loss_sum / n_images:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss_sum / n_images:.4f}", lr_factor=f"{factor:.3f}")
     seconds = time.time() - start
     return {
-        "lr": float(lr0 if lr0 is not None else optimizer.param_groups[0]["lr"]),
+        "lr_factor": float(lr0 if lr0 is not None else poly_lr(1.0, it0, total_its)),
         "loss": loss_sum / max(n_images, 1),
         "pixel_acc": correct / valid if valid else float("nan"),
         "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
@@ -234,7 +235,8 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
         torch.manual_seed(seed * 100003 + epoch)  # dropout
         stats = train_one_epoch(model, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
                                 progress=progress, desc=f"epoch {epoch + 1}/{epochs}")
-        row = {"epoch": epoch + 1, **{k: stats[k] for k in METRIC_COLUMNS if k != "epoch"}}
+        row = {"epoch": epoch + 1, "lr": float(section["lr"]) * stats["lr_factor"],
+               **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds")}}
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"loss is {row['loss']} at epoch {epoch + 1}: lower deeplab.lr")
         rows.append(row)

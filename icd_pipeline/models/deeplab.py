@@ -34,7 +34,9 @@ enter at ``input_scale`` 2 (192 px) and output stride 16: a 12x12 map, where rat
 only sample the zero padding (the 3x3 conv would collapse to a 1x1 conv). Scaling the rates
 by the same fraction of the map (0.29 * 12 = 3.5) gives LargeFOV rate 3 and ASPP rates
 2/4/6/8 (6/12/18/24 * 12/41 = 1.8/3.5/5.3/7.0, rounded to an even ladder). H = 256 keeps the
-head small next to efficientnet_lite0's 320-channel output.
+head small next to efficientnet_lite0's 320-channel output. The CPU default of config.yaml
+(96-px crops of images upsampled x1.5, output stride 16) trains on 6x6 maps and predicts on
+9x9 maps: rate 3 then spans the whole map, as rate 12 spans most of a 41x41 one.
 
 ``freeze_bn`` (the DeepLab/CIAN practice with small batches): the backbone's BatchNorm layers
 stay in eval mode (ImageNet running statistics) and their affine parameters get no gradient.

@@ -36,7 +36,7 @@ rule train_deeplab:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
         cfg=stage_config("seed", "device", "deeplab"),
-        code=code_hash("train_deeplab.py", "models"),
+        code=code_hash("train_deeplab.py", "models", "viz.py"),
         root=lambda w: data_root(),
         mask_dir=mask_dir_arg,
     shell:
