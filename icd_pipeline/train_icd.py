@@ -234,7 +234,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             sign_neg = res["sign_neg"]
             scores.append(res["logits"].cpu())
             labels.append(y.cpu())
-            bar.set_postfix(cls=f"{float(res['loss_cls']):.3f}", td=f"{float(res['loss_td']):.4f}")
+            bar.set_postfix(cls=f"{res['loss_cls'].item():.3f}", td=f"{res['loss_td'].item():.4f}")
         bar.close()
         seconds = time.time() - t0
         n = iters_per_epoch

@@ -11,7 +11,8 @@
 
 Head width: ``head_channels`` (None: 1024 for vgg16, the paper's width, and 256 otherwise).
 fc6/fc7 and fc6_ft/fc7_ft start from the backbone's pretrained fc6/fc7 when it has them
-(vgg16 with ImageNet weights) and the shapes fit; otherwise Kaiming-normal.
+(vgg16 with ImageNet weights) and the shapes fit; otherwise N(0, 0.01^2) as the official
+code initialises parameters missing from its pretrained file.
 
 Checkpoints (``save_icd_checkpoint`` / ``load_icd_model``) are dicts of tensors and plain
 values, loaded with ``weights_only=True``.
@@ -43,7 +44,7 @@ def default_head_channels(backbone_name: str) -> int:
 
 class ICDModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, head_channels: int | None = None,
-                 dropout: float = 0.5, freeze_backbone_bn: bool = False):
+                 dropout: float = 0.5, freeze_backbone_bn: bool = False, w_init_std: float = 0.01):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -62,7 +63,7 @@ class ICDModel(nn.Module):
         self.bn = nn.BatchNorm2d(C, eps=1e-5, momentum=0.1)
         self.bn.weight.data.fill_(1.0)
         self.bn.weight.requires_grad_(False)
-        self.W = nn.Parameter(torch.randn(K, C) * 0.01)
+        self.W = nn.Parameter(torch.randn(K, C) * w_init_std)
         self.register_buffer("sign_acc", torch.zeros(K, 2))
         self.fc6_ft = nn.Conv2d(C, H, 3, padding=1)
         self.fc7_ft = nn.Conv2d(H, H, 1)
@@ -74,8 +75,10 @@ class ICDModel(nn.Module):
                     p.requires_grad_(False)
 
     def _init_heads(self, fc: dict[str, torch.Tensor] | None) -> None:
+        # N(0, 0.01^2), the official code's initializer for parameters missing from the
+        # pretrained file (Kaiming made the CAM logits explode on pretrained features)
         for conv in (self.fc6, self.fc7, self.fc6_ft, self.fc7_ft):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.normal_(conv.weight, 0.0, 0.01)
             nn.init.zeros_(conv.bias)
         nn.init.normal_(self.fc8.weight, 0.0, 0.01)
         nn.init.zeros_(self.fc8.bias)
@@ -153,7 +156,7 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
     if config.get("frozen_stages"):
         backbone.freeze_stages(int(config["frozen_stages"]))
     return ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
-                    freeze_backbone_bn=config.get("freeze_bn", False))
+                    freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01))
 
 
 def save_icd_checkpoint(path: str | Path, model: ICDModel, config_section: dict, class_names: Sequence[str],
