@@ -67,6 +67,35 @@ def validate(config: dict, source: str = "config") -> dict:
     return config
 
 
+def coerce_cli_strings(config, schema: dict | None = None):
+    """Snakemake's ``--config key={...}`` parses nested values as strings ('5', 'true');
+    turn them into the types the schema asks for (in place; returns the config). A value
+    that does not parse is left as it is, for validation to name."""
+    schema = load_schema() if schema is None else schema
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        for key, value in config.items():
+            if key in props:
+                config[key] = coerce_cli_strings(value, props[key])
+        return config
+    if isinstance(config, list):
+        items = schema.get("items", {})
+        return [coerce_cli_strings(v, items) for v in config]
+    if isinstance(config, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        if "string" in types or not types:
+            return config
+        try:
+            parsed = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return config
+        if isinstance(parsed, list):
+            return coerce_cli_strings(parsed, schema)
+        return parsed
+    return config
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():

@@ -53,3 +53,17 @@ def test_later_files_override_earlier(tmp_path):
     b.write_text("icd: {epochs: 4}\n")
     cfg = load_config([a, b])
     assert cfg["icd"]["epochs"] == 4 and cfg["icd"]["lr"] == 0.5
+
+
+def test_cli_strings_are_coerced_to_schema_types():
+    from icd_pipeline.config import coerce_cli_strings
+
+    cfg = {"icd": {"epochs": "5", "scales": ["0.5", "1"], "pretrained": "false"},
+           "dataset": {"name": "123", "root": "/x"}, "seeds": {"background": "saliency"}}
+    coerce_cli_strings(cfg)
+    assert cfg["icd"] == {"epochs": 5, "scales": [0.5, 1], "pretrained": False}
+    assert cfg["dataset"]["name"] == "123" and cfg["seeds"]["background"] == "saliency"
+    validate(cfg)
+    bad = coerce_cli_strings({"icd": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match="icd.epochs"):
+        validate(bad)

@@ -54,7 +54,7 @@ PKG_FILES = ("Snakefile", "config.yaml", "workflow", "icd_pipeline")
 def tiny_run(tmp_path_factory):
     """The whole DAG on the tiny config, once for this module."""
     work = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(work, "--cores", "2", "--configfile", str(TINY), "all")
+    run_snakemake(work, "--cores", "2", f"--configfile={TINY}", "all")
     return work
 
 
@@ -79,16 +79,16 @@ def test_tiny_run_produces_every_output(tiny_run):
 
 
 def test_rerun_does_nothing(tiny_run):
-    assert nothing_to_do(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all"))
+    assert nothing_to_do(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all"))
 
 
 def test_config_section_change_reruns_stage_and_downstream_only(tiny_run):
-    proc = run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "--config",
-                         "pseudo_masks={cam_bg_threshold: 0.5}", "all")
+    proc = run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config",
+                         "pseudo_masks={cam_bg_threshold: 0.5}")
     jobs = jobs_in_dry_run(proc)
     assert {"make_pseudo_masks", "eval_pseudo_masks", "train_deeplab", "summarize"} <= jobs
     assert not jobs & {"make_embedded_dataset", "superpixels", "train_icd", "extract_maps"}
-    proc = run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "--config", "maps={batch_size: 3}", "all")
+    proc = run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config", "maps={batch_size: 3}")
     jobs = jobs_in_dry_run(proc)
     assert "extract_maps" in jobs and "train_icd" not in jobs
 
@@ -100,23 +100,23 @@ def test_module_edit_reruns_stage_and_downstream_only(tiny_run, tmp_path):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / name)
     # an identical copy of the code: nothing to do
-    assert nothing_to_do(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+    assert nothing_to_do(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
                                        snakefile=copy / "Snakefile"))
     with open(copy / "icd_pipeline" / "seeds.py", "a") as fh:
         fh.write("\n# an edit\n")
-    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
                                          snakefile=copy / "Snakefile"))
     assert {"make_pseudo_masks", "eval_pseudo_masks", "train_deeplab", "infer_deeplab"} <= jobs
     assert not jobs & {"make_embedded_dataset", "train_icd", "extract_maps"}
     with open(copy / "icd_pipeline" / "losses.py", "a") as fh:
         fh.write("\n# an edit\n")
-    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", "--configfile", str(TINY), "all",
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
                                          snakefile=copy / "Snakefile"))
     assert "train_icd" in jobs and "make_embedded_dataset" not in jobs and "superpixels" not in jobs
 
 
 def test_html_report(tiny_run):
-    run_snakemake(tiny_run, "--configfile", str(TINY), "--report", "report.html")
+    run_snakemake(tiny_run, f"--configfile={TINY}", "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="ignore")
     assert len(html) > 10000 and "Pseudo-masks" in html
     (tiny_run / "report.html").unlink()
@@ -126,8 +126,8 @@ def test_saliency_background_end_to_end(tiny_run, tmp_path):
     """seeds.background: saliency reruns the pseudo-masks and DeepLab on the ICD+saliency seeds."""
     work = tmp_path / "run"
     shutil.copytree(tiny_run, work, symlinks=True)  # keeps mtimes and Snakemake's metadata
-    proc = run_snakemake(work, "--cores", "2", "-p", "--configfile", str(TINY), "--config",
-                         "seeds={background: saliency}", "all")
+    proc = run_snakemake(work, "--cores", "2", "-p", f"--configfile={TINY}", "all", "--config",
+                         "seeds={background: saliency}")
     out = proc.stdout + proc.stderr
     assert "masks/icd_sal" in out and "train_icd" not in out
     table = pd.read_csv(work / "results" / "tiny" / "pseudo_masks" / "table.csv")

@@ -10,6 +10,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# `--config section={key: value}` arrives as strings: give them the schema's types first.
+from icd_pipeline.config import coerce_cli_strings
+
+coerce_cli_strings(config)
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
