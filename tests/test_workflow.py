@@ -50,14 +50,6 @@ def test_lint_and_format_are_clean(tmp_path):
 PKG_FILES = ("Snakefile", "config.yaml", "workflow", "icd_pipeline")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole DAG on the tiny config, once for this module."""
-    work = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(work, "--cores", "2", f"--configfile={TINY}", "all")
-    return work
-
-
 def test_tiny_run_produces_every_output(tiny_run):
     res = tiny_run / "results" / "tiny"
     table = pd.read_csv(res / "pseudo_masks" / "table.csv")

@@ -155,8 +155,15 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
                               output_stride=config.get("output_stride", 16), out_block=config.get("out_block"))
     if config.get("frozen_stages"):
         backbone.freeze_stages(int(config["frozen_stages"]))
-    return ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
-                    freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01))
+    model = ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
+                     freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01))
+    if not config.get("bn_shift_trainable", True):
+        # beta stays 0: the ICD features stay zero-mean, so the boundary w^T x = 0 passes
+        # through the feature mean (spec 2.2). In the paper L_td moves beta slowly (lr 1e-3);
+        # at the embedded config's 30x lr it drifts and its rank-one term dominates the
+        # uncentred second moment, pulling W away from the object/background direction.
+        model.bn.bias.requires_grad_(False)
+    return model
 
 
 def save_icd_checkpoint(path: str | Path, model: ICDModel, config_section: dict, class_names: Sequence[str],

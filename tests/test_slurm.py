@@ -1,0 +1,58 @@
+"""The tiny pipeline through the SLURM profile on a real one-node SLURM cluster on localhost.
+
+tests/slurm/local_cluster.sh installs Debian's slurm-wlm and munge (root), starts munged,
+slurmctld and slurmd, runs the command and stops every daemon it started, by PID, even on
+failure. Skipped where that is impossible (not root, no apt-get) or with ICD_SKIP_SLURM=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from smk import ENV, ROOT, TINY, snakemake_cmd
+
+SCRIPT = ROOT / "tests" / "slurm" / "local_cluster.sh"
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get("ICD_SKIP_SLURM") == "1":
+        return "ICD_SKIP_SLURM=1"
+    if os.geteuid() != 0:
+        return "the local SLURM cluster needs root (apt-get install, daemons)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "neither slurm-wlm nor apt-get is available"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+def test_tiny_pipeline_on_local_slurm(tmp_path):
+    cmd = [str(SCRIPT), *snakemake_cmd(
+        tmp_path, "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+        f"--configfile={TINY}", "--jobs", "4",
+        # the profile's 8 threads for these rules exceed the 2-CPU test node
+        "--set-threads", "make_pseudo_masks=2", "superpixels=2",
+        "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30", "all")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1500)
+    wall = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-10000:]
+    print(f"SLURM tiny pipeline: {wall:.1f} s wall")
+    res = tmp_path / "results" / "tiny"
+    # each job ran as a SLURM job: the plugin keeps one log folder per rule
+    logs = tmp_path / ".snakemake" / "slurm_logs"
+    assert (logs / "rule_train_icd").is_dir() and (logs / "rule_train_deeplab").is_dir(), out[-3000:]
+    table = pd.read_csv(res / "pseudo_masks" / "table.csv")
+    assert len(table) >= 4
+    assert json.loads((res / "deeplab" / "full" / "summary.json").read_text())["miou"] >= 0
+    # the daemons the script started are gone
+    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
+    assert "slurmctld" not in ps and "slurmd" not in ps
