@@ -19,6 +19,7 @@ import pytest
 from smk import ENV, ROOT, TINY, snakemake_cmd
 
 SCRIPT = ROOT / "tests" / "slurm" / "local_cluster.sh"
+GPU_RULES = ("train_icd", "extract_maps", "train_deeplab", "infer_deeplab")
 
 
 def _skip_reason() -> str | None:
@@ -35,11 +36,14 @@ def _skip_reason() -> str | None:
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 def test_tiny_pipeline_on_local_slurm(tmp_path):
     cmd = [str(SCRIPT), *snakemake_cmd(
-        tmp_path, "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
-        f"--configfile={TINY}", "--jobs", "4",
-        # the profile's 8 threads for these rules exceed the 2-CPU test node
+        tmp_path, "all", "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+        f"--configfile={TINY}", "--jobs", "4", "--slurm-keep-successful-logs",
+        # the profile's 8 threads / 4 CPUs per GPU exceed the 2-CPU test node; the GPU
+        # requests themselves are kept (the node has one fake GPU)
         "--set-threads", "make_pseudo_masks=2", "superpixels=2",
-        "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30", "all")]
+        "--set-resources", *[f"{rule}:{key}" for rule in GPU_RULES
+                             for key in ("gpu=1", "cpus_per_gpu=2", "slurm_partition=gpu", "mem_mb=4000")],
+        "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1500)
     wall = time.perf_counter() - t0
