@@ -246,7 +246,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
             torch.save({"epoch": epoch + 1, "fingerprint": fp, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None, "rows": rows}, tmp)
-        write_metrics(out_dir / "metrics.csv", rows)
+        write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
 
     write_metrics(out_dir / "metrics.csv", rows)
     target = "pseudo-masks" if mask_dir else "ground truth"

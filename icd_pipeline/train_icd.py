@@ -245,7 +245,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds)
-        _write_metrics(out_dir / "metrics.csv", rows)
+        _write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "iteration": it, "rng": _rng_state(), "metrics": rows, "identity": identity}
         if amp:

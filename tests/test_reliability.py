@@ -36,6 +36,8 @@ def _kill_when(work: Path, marker, timeout: float = 300) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # a killed Snakemake leaves its lock behind; --unlock removes it (README: after a kill)
+    run_snakemake(work, "--unlock", f"--configfile={TINY}")
 
 
 def _pseudo_masks(work: Path) -> dict[str, bytes]:
@@ -55,6 +57,7 @@ def test_kill_during_icd_training_resumes_and_matches(uninterrupted, tmp_path):
     _kill_when(tmp_path, res / "icd" / "checkpoints" / "last.pt")
     # nothing Snakemake would take as complete was left behind
     assert not (res / "icd" / "model.pt").exists() and not (res / "icd" / "metrics.csv").exists()
+    assert (res / "icd" / "checkpoints" / "metrics.csv").exists()  # progress is kept beside the checkpoint
     run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", "all", "--config", LONGER)
     assert "resuming from" in (res / "logs" / "train_icd.log").read_text()
     metrics = pd.read_csv(res / "icd" / "metrics.csv")
