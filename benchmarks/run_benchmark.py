@@ -62,10 +62,11 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     return time.perf_counter() - t0, usage.ru_maxrss / 1024.0
 
 
-def snakemake_args(name: str, seed: int) -> list[str]:
-    """snakemake with the preset's config file, and the seed and dataset name of one run."""
+def snakemake_args(name: str, seed: int, *args: str) -> list[str]:
+    """snakemake ARGS (targets, flags) with the preset's config file, and the seed and dataset
+    name of one run (last: --config and --configfile take every value that follows them)."""
     dataset = f"name: {name}" + (f", root: {SAMPLE_ROOT}" if SAMPLE_ROOT else "")
-    return [PY, "-m", "snakemake", "--cores", str(ARGS.cores), *PRESET_ARGS,
+    return [PY, "-m", "snakemake", *args, "--cores", str(ARGS.cores), *PRESET_ARGS,
             "--config", f"seed={seed}", f"dataset={{{dataset}}}"]
 
 
@@ -73,12 +74,12 @@ def run_dag(name: str, seed: int, saliency: bool) -> float | None:
     """Run (or reuse) the DAG for one seed; return the wall time if it did work now."""
     res = ROOT / "results" / name
     targets = ["all"] + ([f"results/{name}/deeplab/saliency/summary.json"] if saliency else [])
-    dry = subprocess.run(snakemake_args(name, seed) + ["-n", *targets], cwd=ROOT, env=ENV,
+    dry = subprocess.run(snakemake_args(name, seed, "-n", *targets), cwd=ROOT, env=ENV,
                          capture_output=True, text=True)
     if dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr:
         return None
     t0 = time.perf_counter()
-    sh(snakemake_args(name, seed) + targets)
+    sh(snakemake_args(name, seed, *targets))
     wall = time.perf_counter() - t0
     (res / "benchmark_wall.json").write_text(json.dumps({"seconds": wall}))
     return wall
@@ -173,7 +174,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
 
     # dry run on the finished run
     t0 = time.perf_counter()
-    subprocess.run(snakemake_args(name, cfg["seed"]) + ["-n", "all"], cwd=ROOT, env=ENV,
+    subprocess.run(snakemake_args(name, cfg["seed"], "-n", "all"), cwd=ROOT, env=ENV,
                    check=True, capture_output=True)
     add("snakemake -n all on the finished run", time.perf_counter() - t0, "s")
 
