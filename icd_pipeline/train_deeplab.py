@@ -39,7 +39,6 @@ OMP_NUM_THREADS).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
@@ -53,7 +52,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
-from .misc.io import atomic_path
+from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
 
@@ -100,12 +99,7 @@ def fingerprint(section: dict, seed: int, split: str, mask_dir: str | None, data
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+    write_csv_rows(path, rows, METRIC_COLUMNS)
 
 
 def plot_curve(csv_path: Path, png_path: Path, title: str) -> None:

@@ -19,7 +19,6 @@ it) before the random crop of ``crop_size``.
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 import time
@@ -33,7 +32,7 @@ from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
                      td_loss, td_targets, update_sign, warmup_weight)
-from .misc.io import atomic_path
+from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
 
@@ -110,12 +109,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+    write_csv_rows(path, rows, METRIC_COLUMNS)
 
 
 def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch.Tensor, cfg: dict,

@@ -60,3 +60,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_model_file(path: str | Path, meta: dict, module) -> None:
+    """A model file: {"meta": plain values, "state_dict": CPU tensors}, written atomically and
+    loadable with ``torch.load(weights_only=True)``."""
+    import torch
+
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"meta": meta, "state_dict": state}, tmp)
+
+
+def write_csv_rows(path: str | Path, rows: list[dict], columns) -> None:
+    """Rows (dicts) as a CSV with the given columns, written atomically; missing keys blank."""
+    import csv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in columns})

@@ -58,7 +58,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..misc.io import atomic_path
+from ..misc.io import save_model_file
 from .backbones import Backbone, build_backbone
 
 MODELS = ("deeplab_largefov", "deeplab_v2_aspp")
@@ -244,9 +244,7 @@ def save_deeplab(path: str | Path, model: DeepLab, config_section: dict, class_n
         "config": dict(config_section),
         "extra": dict(extra or {}),
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"meta": meta, "state_dict": state}, tmp)
+    save_model_file(path, meta, model)
 
 
 def load_deeplab(path: str | Path, map_location: str | torch.device = "cpu",

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..misc.io import atomic_path
+from ..misc.io import save_model_file
 from .backbones import Backbone, build_backbone
 
 CHECKPOINT_FORMAT = "icd-pipeline/icd-model"
@@ -186,9 +186,7 @@ def save_icd_checkpoint(path: str | Path, model: ICDModel, config_section: dict,
         "config": dict(config_section),
         "extra": dict(extra or {}),
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"meta": meta, "state_dict": state}, tmp)
+    save_model_file(path, meta, model)
 
 
 def load_icd_model(path: str | Path, map_location: str | torch.device = "cpu",
