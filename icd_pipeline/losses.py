@@ -8,6 +8,7 @@ batch, pixel means that count masked pixels); see spec 2.1-2.5 and 9.3.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,12 +39,13 @@ def bu_loss(b: torch.Tensor, y: torch.Tensor, weight: float = 10.0) -> torch.Ten
 
 @torch.no_grad()
 def update_sign(sign_acc: torch.Tensor, b: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
-                momentum: float = 0.9) -> torch.Tensor:
+                momentum: float = 0.9, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Sign EMA (spec 2.3), updated in place; returns sigma (K,) in {+1, -1}.
 
     mu+/- = mean of relu(CAM) over pixels where b > 0 / b < 0 (denominators clamped at 1e-5),
     averaged over the images that contain the class; classes absent from the batch keep
-    their old accumulator. sigma_c = +1 iff acc_c[0] >= acc_c[1].
+    their old accumulator. sigma_c = +1 iff acc_c[0] >= acc_c[1]. ``reduce`` (a sum over
+    training processes) makes the per-class means those of the global batch.
     """
     if b.shape != cam_relu.shape:
         raise ValueError(f"bottom-up scores {tuple(b.shape)} and CAM {tuple(cam_relu.shape)} differ in shape")
@@ -54,9 +56,12 @@ def update_sign(sign_acc: torch.Tensor, b: torch.Tensor, cam_relu: torch.Tensor,
     mu_pos = (a * pos).sum(dim=(2, 3)) / pos.sum(dim=(2, 3)).clamp(min=1e-5)  # (N, K)
     mu_neg = (a * neg).sum(dim=(2, 3)) / neg.sum(dim=(2, 3)).clamp(min=1e-5)
     y = y.float()
-    count = y.sum(dim=0)  # (K,)
+    sums = torch.stack([(y * mu_pos).sum(0), (y * mu_neg).sum(0), y.sum(dim=0)], dim=1)  # (K, 3)
+    if reduce is not None:
+        sums = reduce(sums)
+    count = sums[:, 2]
     present = count > 0
-    m = torch.stack([(y * mu_pos).sum(0), (y * mu_neg).sum(0)], dim=1) / count.clamp(min=1)[:, None]
+    m = sums[:, :2] / count.clamp(min=1)[:, None]
     acc = sign_acc.float()
     new = momentum * acc + (1.0 - momentum) * m.to(acc.device)
     sign_acc.copy_(torch.where(present[:, None].to(acc.device), new, acc).to(sign_acc.dtype))

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
+from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
@@ -118,8 +119,20 @@ def check_masks(dataset: SegmentationDataset) -> None:
             raise DataError(f"{path}: mask of training image {image_id} is missing")
 
 
+def global_mean_ce(logits: torch.Tensor, target: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Cross-entropy (255 ignored) averaged over the valid pixels of the *global* batch: each
+    process divides its sum by the count summed over processes, times the number of processes,
+    so DDP's gradient average equals the single-process loss on the whole batch."""
+    ce_sum = F.cross_entropy(logits, target, ignore_index=VOID, reduction="sum")
+    count = (target != VOID).sum().to(torch.float32)
+    if world_size > 1:
+        count = D.all_reduce_sum(count.clone())
+        return ce_sum * world_size / count.clamp(min=1)
+    return ce_sum / count.clamp(min=1)
+
+
 def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,
-                    progress: bool = True, desc: str = "epoch") -> dict:
+                    progress: bool = True, desc: str = "epoch", world_size: int = 1) -> dict:
     model.train()
     use_amp = device.type == "cuda"
     loss_sum = 0.0
@@ -138,7 +151,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         with torch.autocast(device_type=device.type, enabled=use_amp):
             logits = model(images)
         up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(up, target, ignore_index=VOID)
+        loss = global_mean_ce(up, target, world_size)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -151,12 +164,15 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
             keep = target != VOID
             correct += int(((up.argmax(1) == target) & keep).sum())
             valid += int(keep.sum())
-        b = images.shape[0]
-        loss_sum += float(loss.detach()) * b
+        b = images.shape[0] * world_size
+        loss_sum += float(loss.detach()) / world_size * b  # this process's share of the global mean
         n_images += b
         it += 1
         bar.set_postfix(loss=f"{loss_sum / n_images:.4f}", lr_factor=f"{factor:.3f}")
     seconds = time.time() - start
+    if world_size > 1:
+        loss_sum, correct, valid = D.all_reduce_sum(
+            torch.tensor([loss_sum, correct, valid], dtype=torch.float64, device=device)).tolist()
     return {
         "lr_factor": float(lr0 if lr0 is not None else poly_lr(1.0, it0, total_its)),
         "loss": loss_sum / max(n_images, 1),
@@ -175,7 +191,11 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
     out_dir = Path(out_dir)
     mask_dir = str(mask_dir) if mask_dir else None
     set_threads()
-    device = select_device(config.get("device", "auto"))
+    ctx = D.init_distributed(select_device(config.get("device", "auto")))
+    device = ctx.device
+    if not ctx.is_main:
+        LOG.setLevel("WARNING")
+        progress = False
     seed_everything(seed)
 
     layout = VOCLayout.open(data_root)
@@ -184,14 +204,19 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
                                scales=[s * scale for s in section["scales"]], flip=bool(section["flip"]))
     dataset = SegmentationDataset(layout, split, transform=transform, mask_dir=mask_dir, seed=seed)
     check_masks(dataset)
-    bs = int(section["batch_size"])
-    drop_last = len(dataset) >= bs
-    its_per_epoch = len(dataset) // bs if drop_last else 1
+    bs = int(section["batch_size"])  # the global batch; each of the ctx.world_size processes takes local_bs
+    local_bs = D.local_batch_size(bs, ctx, "deeplab.batch_size")
+    if len(dataset) < bs:
+        raise ValueError(f"split {split!r} has {len(dataset)} images, fewer than deeplab.batch_size={bs}")
+    its_per_epoch = len(dataset) // ctx.world_size // local_bs
     epochs = int(section["epochs"])
     total_its = its_per_epoch * epochs
 
     model = build_from_config(section, layout.num_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
+    if ctx.distributed and section.get("sync_bn", True):
+        D.convert_sync_batchnorm(model)
+    net = D.wrap_ddp(model, ctx)
     optimizer = make_optimizer(model, section)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
@@ -221,19 +246,21 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
              f"masks from {mask_dir}" if mask_dir else "ground truth", epochs, its_per_epoch, bs, device)
     for epoch in range(start_epoch, epochs):
         dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+        # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=bs, shuffle=True, drop_last=drop_last, generator=gen,
+            dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch), drop_last=True,
             num_workers=int(section["num_workers"]), pin_memory=device.type == "cuda",
             persistent_workers=False)
-        torch.manual_seed(seed * 100003 + epoch)  # dropout
-        stats = train_one_epoch(model, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
-                                progress=progress, desc=f"epoch {epoch + 1}/{epochs}")
+        torch.manual_seed(seed * 100003 + epoch + 7919 * ctx.rank)  # dropout (distinct per process)
+        stats = train_one_epoch(net, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
+                                progress=progress, desc=f"epoch {epoch + 1}/{epochs}", world_size=ctx.world_size)
         row = {"epoch": epoch + 1, "lr": float(section["lr"]) * stats["lr_factor"],
                **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds")}}
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"loss is {row['loss']} at epoch {epoch + 1}: lower deeplab.lr")
         rows.append(row)
+        if not ctx.is_main:
+            continue
         LOG.info("epoch %d/%d: loss %.4f, pixel acc %.4f, lr %.2e, %.1f images/s, %.1f s", epoch + 1, epochs,
                  row["loss"], row["pixel_acc"], row["lr"], row["images_per_s"], row["seconds"])
         with atomic_path(ckpt_path) as tmp:
@@ -242,6 +269,9 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
                         "scaler": scaler.state_dict() if scaler is not None else None, "rows": rows}, tmp)
         write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
 
+    if not ctx.is_main:
+        D.cleanup(ctx)
+        return rows[-1] if rows else {}
     write_metrics(out_dir / "metrics.csv", rows)
     target = "pseudo-masks" if mask_dir else "ground truth"
     plot_curve(out_dir / "metrics.csv", out_dir / "loss_curve.png",
@@ -250,6 +280,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
                  extra={"split": split, "mask_dir": mask_dir, "seed": seed, "epochs": epochs,
                         "final": rows[-1] if rows else None,
                         "train_seconds": float(sum(r["seconds"] for r in rows))})
+    D.cleanup(ctx)
     return rows[-1] if rows else {}
 
 

@@ -32,6 +32,7 @@ from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
                      td_loss, td_targets, update_sign, warmup_weight)
+from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
@@ -113,17 +114,20 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
-               omega: float, amp: bool) -> dict:
-    """Forward + losses of one iteration (spec 2.7); returns the losses and monitors."""
+               omega: float, amp: bool, net: torch.nn.Module | None = None) -> dict:
+    """Forward + losses of one iteration (spec 2.7); returns the losses and monitors. ``net`` is
+    ``model`` wrapped in DistributedDataParallel when several processes train: the forward goes
+    through it and the sign statistics are summed over the processes (the global batch's)."""
     with torch.autocast(device_type=images.device.type, enabled=amp):
-        out = model(images)
+        out = (net or model)(images)
     cam = out["cam"].float()
     b = out["bu"]
     T = out["td"].float()
     l_cls = cls_loss(cam, y)
     l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
     with torch.no_grad():
-        sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9)
+        sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
+                            reduce=D.all_reduce_sum if net is not None and net is not model else None)
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         r_n = pos_neg_normalize(sp_refine(s, sp, y))
     l_td = td_loss(T, r_n, y, threshold=cfg["td_mask_threshold"], weight=omega)
@@ -145,8 +149,11 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     set_threads()
     seed = int(config.get("seed", 0))
     seed_everything(seed)
-    device = select_device(config.get("device", "auto"))
+    ctx = D.init_distributed(select_device(config.get("device", "auto")))
+    device = ctx.device
     amp = device.type == "cuda"
+    if not ctx.is_main:
+        LOG.setLevel("WARNING")
 
     layout = VOCLayout.open(data_root)
     if superpixels_path is not None:
@@ -158,14 +165,18 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     scales = [float(s) * float(cfg["input_scale"]) for s in cfg["scales"]]
     dataset = ClassificationDataset(layout, split, TrainTransform(cfg["crop_size"], scales, base_size=None),
                                     superpixels=store, seed=seed)
-    bs = int(cfg["batch_size"])
-    iters_per_epoch = len(dataset) // bs
+    bs = int(cfg["batch_size"])  # the global batch; each of the ctx.world_size processes takes local_bs
+    local_bs = D.local_batch_size(bs, ctx, "icd.batch_size")
+    iters_per_epoch = len(dataset) // ctx.world_size // local_bs
     if iters_per_epoch == 0:
         raise ValueError(f"split {split!r} has {len(dataset)} images, fewer than icd.batch_size={bs}")
     epochs = int(cfg["epochs"])
     warmup_iters = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
 
     model = build_icd_model(cfg, layout.num_fg).to(device)
+    if ctx.distributed and cfg.get("sync_bn", True):
+        D.convert_sync_batchnorm(model)
+    net = D.wrap_ddp(model, ctx)
     optimizer = torch.optim.SGD(param_groups(model, cfg["lr"], cfg["weight_decay"]), lr=cfg["lr"],
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -191,32 +202,32 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             LOG.warning("checkpoint %s was written with another config or data; starting afresh", ckpt_path)
 
     LOG.info("ICD training: %s on %s (%d images, %d classes), %d epochs x %d iterations, batch %d, "
-             "crop %d, scales %s, warm-up %d iterations, device %s%s", cfg["backbone"], data_root, len(dataset),
+             "crop %d, scales %s, warm-up %d iterations, device %s%s%s", cfg["backbone"], data_root, len(dataset),
              layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
-             " (AMP)" if amp else "")
+             " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "")
     from tqdm import tqdm
 
     for epoch in range(start_epoch, epochs):
         lr = poly_lr(cfg["lr"], epoch, epochs)
         set_lr(optimizer, lr)
         dataset.set_epoch(epoch)
-        gen = torch.Generator()
-        gen.manual_seed(seed * 100003 + epoch)
-        loader = DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, generator=gen,
-                            num_workers=int(cfg["num_workers"]), pin_memory=amp)
+        # the order of a generator seeded with seed * 100003 + epoch, split between the processes
+        loader = DataLoader(dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch),
+                            drop_last=True, num_workers=int(cfg["num_workers"]), pin_memory=amp)
         model.train()
         sums = {k: 0.0 for k in ("loss", "loss_cls", "loss_bu", "loss_td", "td_pos_frac", "target_pos_frac")}
         scores, labels = [], []
         t0 = time.time()
         omega = warmup_weight(it, warmup_iters)
         sign_neg = 0.0
-        bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   disable=not ctx.is_main)
         for batch in bar:
             images = batch["image"].to(device, non_blocking=True)
             y = batch["label"].to(device).float()
             sp = batch["superpixels"].to(device)
             omega = warmup_weight(it, warmup_iters)
-            res = train_step(model, images, y, sp, cfg, omega, amp)
+            res = train_step(model, images, y, sp, cfg, omega, amp, net=net)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(res["loss"]).backward()
             scaler.step(optimizer)
@@ -231,14 +242,20 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             bar.set_postfix(cls=f"{res['loss_cls'].item():.3f}", td=f"{res['loss_td'].item():.4f}")
         bar.close()
         seconds = time.time() - t0
-        n = iters_per_epoch
+        n = iters_per_epoch * ctx.world_size  # per-process sums of per-process means
+        totals = D.all_reduce_sum(torch.tensor([sums[k] for k in sums], dtype=torch.float64, device=device)).tolist()
+        sums = dict(zip(sums, totals))
+        scores = D.all_gather_cat(torch.cat(scores).to(device), ctx).cpu()
+        labels = D.all_gather_cat(torch.cat(labels).to(device), ctx).cpu()
         row = {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in sums.items()}, "warmup": omega,
-               "train_map": average_precision(torch.cat(scores).numpy(), torch.cat(labels).numpy()),
-               "sign_neg": sign_neg, "images_per_s": n * bs / max(seconds, 1e-9), "seconds": seconds}
+               "train_map": average_precision(scores.numpy(), labels.numpy()),
+               "sign_neg": sign_neg, "images_per_s": iters_per_epoch * bs / max(seconds, 1e-9), "seconds": seconds}
         rows.append(row)
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds)
+        if not ctx.is_main:
+            continue
         _write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "iteration": it, "rng": _rng_state(), "metrics": rows, "identity": identity}
@@ -247,6 +264,9 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
 
+    if not ctx.is_main:
+        D.cleanup(ctx)
+        return {"rows": rows, "iterations": it}
     _write_metrics(out_dir / "metrics.csv", rows)
     try:
         from .viz import plot_loss_curves
@@ -259,6 +279,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                         extra={"epochs": epochs, "iterations": it, "data_root": identity["data_root"],
                                "split": split, "seed": seed, "final_metrics": rows[-1] if rows else {}})
     LOG.info("wrote %s", out_dir / "model.pt")
+    D.cleanup(ctx)
     return {"rows": rows, "iterations": it}
 
 

@@ -201,13 +201,13 @@ class DeepLab(nn.Module):
 
 def build_deeplab(model: str, backbone: str, num_classes: int, pretrained: bool = True,
                   output_stride: int = 16, freeze_bn: bool = True, head_channels: int | None = None,
-                  rates: Sequence[int] | None = None, freeze_backbone: bool = False) -> DeepLab:
+                  rates: Sequence[int] | None = None, freeze_backbone: bool = False, dropout: float = 0.5) -> DeepLab:
     """A DeepLab by name (see the module docstring); ``num_classes`` includes background."""
     if model not in MODELS:
         raise ValueError(f"unknown DeepLab model {model!r}; choose one of {', '.join(MODELS)}")
     bb = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
     return DeepLab(bb, num_classes, model=model, head_channels=head_channels, rates=rates, freeze_bn=freeze_bn,
-                   freeze_backbone=freeze_backbone)
+                   freeze_backbone=freeze_backbone, dropout=dropout)
 
 
 def build_from_config(section: dict, num_classes: int, pretrained: bool | None = None) -> DeepLab:
@@ -217,7 +217,7 @@ def build_from_config(section: dict, num_classes: int, pretrained: bool | None =
         pretrained=section.get("pretrained", True) if pretrained is None else pretrained,
         output_stride=section.get("output_stride", 16), freeze_bn=section.get("freeze_bn", True),
         head_channels=section.get("head_channels"), rates=section.get("rates"),
-        freeze_backbone=section.get("freeze_backbone", False))
+        freeze_backbone=section.get("freeze_backbone", False), dropout=section.get("dropout", 0.5))
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -156,7 +156,8 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
     if config.get("frozen_stages"):
         backbone.freeze_stages(int(config["frozen_stages"]))
     model = ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
-                     freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01))
+                     freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01),
+                     dropout=config.get("dropout", 0.5))
     if not config.get("bn_shift_trainable", True):
         # beta stays 0: the ICD features stay zero-mean, so the boundary w^T x = 0 passes
         # through the feature mean (spec 2.2). In the paper L_td moves beta slowly (lr 1e-3);

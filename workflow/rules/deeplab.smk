@@ -40,7 +40,7 @@ rule train_deeplab:
         root=lambda w: data_root(),
         mask_dir=mask_dir_arg,
     shell:
-        "python -m icd_pipeline.train_deeplab --config-json {params.cfg:q}"
+        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} {params.mask_dir}"
         " --out-dir {params.out} > {log} 2>&1"
 

@@ -61,7 +61,7 @@ rule train_icd:
         ),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.train_icd --config-json {params.cfg:q}"
+        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_icd --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split}"
         " --superpixels {input.superpixels} --out-dir {params.out} > {log} 2>&1"
 
