@@ -38,6 +38,8 @@ def test_tiny_pipeline_on_local_slurm(tmp_path):
     cmd = [str(SCRIPT), *snakemake_cmd(
         tmp_path, "all", "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
         f"--configfile={TINY}", "--jobs", "4", "--slurm-keep-successful-logs",
+        # tiny jobs end in seconds: poll soon (the profile's 5 s suits real jobs)
+        "--slurm-init-seconds-before-status-checks", "1",
         # the profile's 8 threads / 4 CPUs per GPU exceed the 2-CPU test node; the GPU
         # requests themselves are kept (the node has one fake GPU)
         "--set-threads", "make_pseudo_masks=2", "superpixels=2",
