@@ -41,7 +41,10 @@ def _bn_worker(rank: int, world: int, init_file: str, x: torch.Tensor, queue) ->
     out = bn(part)
     (out * _loss_weights(x).chunk(world)[rank]).sum().backward()
     # DDP would average the parameter gradients; the input gradient is this process's own
-    queue.put((rank, out.detach(), part.grad, bn.weight.grad, bn.running_mean, bn.running_var))
+    # numpy copies: torch tensors would travel as shared-memory handles that vanish when this
+    # process exits before the parent has read them
+    queue.put((rank, *(t.detach().numpy().copy() for t in (out, part.grad, bn.weight.grad, bn.running_mean,
+                                                           bn.running_var))))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -62,7 +65,7 @@ def test_distributed_batchnorm_equals_full_batch(tmp_path):
     procs = [ctx.Process(target=_bn_worker, args=(r, 2, str(tmp_path / "init"), x, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict((r[0], r[1:]) for r in (queue.get(timeout=120) for _ in procs))
+    results = {r[0]: [torch.from_numpy(a) for a in r[1:]] for r in (queue.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
