@@ -244,7 +244,7 @@ def main() -> int:
     df.to_csv(out / f"{base}.csv", index=False, float_format="%.6g")
     machine = f"{os.cpu_count()} CPU cores, " + ("CUDA " + _cuda() if _cuda() else "no GPU")
     md = (f"# icd-pipeline benchmark: {base}\n\nMachine: {machine}. Command: "
-          f"`.venv/bin/python benchmarks/run_benchmark.py {' '.join(sys.argv[1:])}`.\n\n"
+          f"`{' '.join(['.venv/bin/python benchmarks/run_benchmark.py', *sys.argv[1:]])}`.\n\n"
           + to_markdown(df.fillna(""), "{:.4g}") + "\n")
     (out / f"{base}.md").write_text(md)
     print(md)

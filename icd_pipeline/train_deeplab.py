@@ -33,7 +33,9 @@ ignored (training starts over). Data order, augmentation and dropout are seeded 
 from ``seed``, so a resumed run follows the same sequence as an uninterrupted one.
 
 Device: ``device`` (auto: CUDA with AMP when present, else CPU with the thread count from
-OMP_NUM_THREADS).
+OMP_NUM_THREADS). Several processes (``torchrun``, or ``python -m icd_pipeline.misc.launch
+--nproc N``): DDP over ``batch_size / N`` images each, the loss averaged over the global batch's
+valid pixels, BatchNorm over the global batch (``sync_bn``); only rank 0 writes.
 """
 
 from __future__ import annotations

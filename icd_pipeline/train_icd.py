@@ -14,6 +14,10 @@ trains only the directions W on single-label images, the sign EMA and superpixel
 build the top-down targets without gradient, and omega ramps up over ``warmup_epochs``.
 Images are resized by ``input_scale`` (the random scales of TrainTransform are multiplied by
 it) before the random crop of ``crop_size``.
+
+Several processes (``torchrun``, or ``python -m icd_pipeline.misc.launch --nproc N``): DDP over
+``batch_size / N`` images each, the same global batches as one process, BatchNorm and sign
+statistics over the global batch (``sync_bn``); only rank 0 writes (``misc.distributed``).
 """
 
 from __future__ import annotations
