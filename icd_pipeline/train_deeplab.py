@@ -126,11 +126,8 @@ def global_mean_ce(logits: torch.Tensor, target: torch.Tensor, world_size: int) 
     process divides its sum by the count summed over processes, times the number of processes,
     so DDP's gradient average equals the single-process loss on the whole batch."""
     ce_sum = F.cross_entropy(logits, target, ignore_index=VOID, reduction="sum")
-    count = (target != VOID).sum().to(torch.float32)
-    if world_size > 1:
-        count = D.all_reduce_sum(count.clone())
-        return ce_sum * world_size / count.clamp(min=1)
-    return ce_sum / count.clamp(min=1)
+    count = D.all_reduce_sum((target != VOID).sum().to(torch.float32))
+    return ce_sum * world_size / count.clamp(min=1)
 
 
 def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,

@@ -131,7 +131,7 @@ def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch
     l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
     with torch.no_grad():
         sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
-                            reduce=D.all_reduce_sum if net is not None and net is not model else None)
+                            reduce=D.all_reduce_sum)  # a no-op in a single process
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         r_n = pos_neg_normalize(sp_refine(s, sp, y))
     l_td = td_loss(T, r_n, y, threshold=cfg["td_mask_threshold"], weight=omega)

@@ -61,11 +61,6 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
 def local_batch_size(global_batch: int, ctx: DistContext, key: str) -> int:
     if global_batch % ctx.world_size:
         raise ValueError(f"{key}={global_batch} is not divisible by the {ctx.world_size} training processes: "
@@ -82,9 +77,13 @@ def sampler(dataset, ctx: DistContext, seed: int, epoch: int) -> torch.utils.dat
     return s
 
 
-def all_reduce_sum(t: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:
-    """Sum over processes (in place and returned; no gradient)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+def _multi_process() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (in place and returned; no gradient); a no-op in a single process."""
+    if _multi_process():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -121,7 +120,7 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
     GPU-only). Same parameters and buffers as BatchNorm2d, so checkpoints are interchangeable."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and _multi_process()):
             return super().forward(x)
         xf = x.float()
         n = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=torch.float32, device=x.device)
@@ -168,9 +167,5 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-__all__ = ["DistContext", "init_distributed", "cleanup", "barrier", "local_batch_size", "sampler", "all_reduce_sum",
-           "all_gather_cat", "DistributedBatchNorm2d", "convert_sync_batchnorm", "wrap_ddp", "unwrap"]
+__all__ = ["DistContext", "init_distributed", "cleanup", "local_batch_size", "sampler", "all_reduce_sum",
+           "all_gather_cat", "DistributedBatchNorm2d", "convert_sync_batchnorm", "wrap_ddp"]
