@@ -274,7 +274,7 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
     log.info("extracting maps for %d images of %s/%s on %s (backbone %s, stride %d, input_scale %g, "
              "scales %s, flip %s, batch %d)", len(dataset), data_root, split, device, attrs["backbone"],
              stride, input_scale, scales, flip, maps_cfg["batch_size"])
-    with MapsWriter(out, attrs=attrs) as writer:
+    with MapsWriter(out, attrs=attrs, encoding=maps_cfg.get("encoding", "int8")) as writer:
         stats = extract(model, loader, writer, flip, device, progress=progress)
     log.info("wrote %s: %d images in %.1f s (%.1f images/s)", out, stats["images"], stats["seconds"],
              stats["images_per_s"])
