@@ -4,23 +4,26 @@ Layout (flat, with an index; one file per split)::
 
     /data                int8 or float16 (N_elements,)  every image's maps back to back,
                                                 chunked (32768 elements) + gzip + shuffle
-    /index/ids           str     (N,)   image ids, in the order written
+    /index/ids           bytes   (N,)   image ids (UTF-8, fixed width), in the order written
     /index/offset        int64   (N,)   start of the image's ``cam`` block in /data; ``td``
                                         follows it: cam = data[o : o+n], td = data[o+n : o+2n],
                                         n = k * vh * vw
     /index/num_present   int32   (N,)   k, the number of classes present in the image
     /index/class_ids     int16   (sum k,) the present class ids (1-based, sorted), image by image
-    /index/scale         float32 (sum 2k,) int8 encoding only: one scale per stored map, image
-                                        by image (its k cam maps, then its k td maps)
+    /index/scale         float32 (sum 4k,) int8 encoding only: two scales (positive part,
+                                        negative part) per stored map, image by image (its
+                                        k cam maps, then its k td maps)
     /index/image_hw      int32   (N, 2) original image size (H, W)
     /index/scaled_hw     int32   (N, 2) network-input size of the image: round(H * input_scale)
     /index/valid_hw      int32   (N, 2) (vh, vw): the map cells that cover the scaled image;
                                         the stored maps are exactly this crop, (k, vh, vw)
 
 Encoding (file attribute ``encoding``). ``int8`` (default): each map (one class, one of cam /
-td) is stored as ``round(x / s)`` with ``s = max|x| / 127``, and a value that would round to 0
-is stored as +-1, so every stored value keeps its sign exactly (the seeds threshold ICD logits
-at 0 and CAM after a ReLU); the error is at most ``s``, under 0.8 % of the map's range. The
+td) is stored as ``round(x / s)``, with ``s = max(x) / 127`` for its positive values and
+``s = -min(x) / 127`` for its negative ones (the seeds normalise the two parts separately), and
+a value that would round to 0 is stored as +-1, so every value keeps its sign exactly (the
+seeds threshold ICD logits at 0 and CAM after a ReLU); the error is at most ``s``, under 0.8 %
+of the part's range (:func:`quantize_int8`). The
 maps compress to about a fifth of float32 .npy this way; logits are noise-like in their low
 bits, so lossless float16 + gzip only reaches ~0.43. ``float16``: half precision, relative
 error ~1e-3 (``maps.encoding: float16``). Files of format version 1 (float16, no ``encoding``
@@ -77,27 +80,38 @@ def _to_f16(a: np.ndarray) -> np.ndarray:
 
 
 def quantize_int8(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sign-exact int8 quantisation of a (k, h, w) stack, one scale per map.
+    """Sign-exact int8 quantisation of a (k, h, w) stack, two scales per map.
 
-    Returns ``(q, scale)``: ``q`` int8 in -127..127 with ``q = round(x / scale)``, except that
-    a non-zero value that would round to 0 becomes +-1 (its sign is kept); ``scale`` float32
-    (k,) = max|x| / 127 of each map (1 for an all-zero map). ``q * scale`` differs from ``x``
-    by at most ``scale``."""
+    The positive and the negative part of each map get their own scale (the seeds normalise
+    them separately: ReLU(CAM) and ICD foreground by the map's maximum, ICD background by its
+    minimum), so each part keeps 127 levels of its own range. Returns ``(q, scale)``: ``q``
+    int8 in -127..127, ``q = round(x / s)`` with ``s = max(x) / 127`` where x > 0 and
+    ``s = -min(x) / 127`` where x < 0, except that a non-zero value that would round to 0
+    becomes +-1 (its sign is kept); ``scale`` float32 (k, 2) = (positive s, negative s), 1 for
+    a part that is absent. ``dequantize_int8(q, scale)`` differs from ``x`` by at most the
+    part's ``s``."""
     x = np.asarray(maps, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(f"maps must be (k, h, w), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("maps contain NaN or infinite values")
-    peak = np.abs(x).max(axis=(1, 2)) if x.size else np.zeros(x.shape[0], np.float32)
-    scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
-    q = np.rint(x / scale[:, None, None])
+    k = x.shape[0]
+    if x.size:
+        peaks = np.stack([x.max(axis=(1, 2)), -x.min(axis=(1, 2))], axis=1)
+    else:
+        peaks = np.zeros((k, 2), np.float32)
+    scale = np.where(peaks > 0, peaks / INT8_LEVELS, 1.0).astype(np.float32)
+    s = np.where(x >= 0, scale[:, 0, None, None], scale[:, 1, None, None])
+    q = np.rint(x / s)
     q = np.where((q == 0) & (x != 0), np.sign(x), q)
     return np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8), scale
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`quantize_int8`: (k, h, w) float32."""
-    return np.asarray(q, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None, None]
+    """Inverse of :func:`quantize_int8`: (k, h, w) float32 from int8 ``q`` and (k, 2) ``scale``."""
+    q = np.asarray(q, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32).reshape(-1, 2)
+    return q * np.where(q >= 0, scale[:, 0, None, None], scale[:, 1, None, None])
 
 
 class MapsWriter:
@@ -122,6 +136,7 @@ class MapsWriter:
         self._file: h5py.File | None = None
         self._tmp: Path | None = None
         self._ids: set[str] = set()
+        self._id_list: list[str] = []   # written as one compressed fixed-width dataset on close
         self._pending: list[tuple] = []
         self._pending_elems = 0
         self._n = 0
@@ -146,8 +161,6 @@ class MapsWriter:
         if self.encoding == "int8":
             idx.create_dataset("scale", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(INDEX_CHUNK,),
                                **comp)
-        idx.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                           chunks=(INDEX_CHUNK,))
         for name, dt in (("offset", np.int64), ("num_present", np.int32), ("class_ids", np.int16)):
             idx.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(INDEX_CHUNK,), **comp)
         for name in ("image_hw", "scaled_hw", "valid_hw"):
@@ -175,6 +188,7 @@ class MapsWriter:
         self.open()
         try:
             self._flush()
+            self._write_ids()
             attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.attrs, "encoding": self.encoding,
                      "num_images": self._n}
             json_keys = []
@@ -195,6 +209,20 @@ class MapsWriter:
         except BaseException:
             self.abort()
             raise
+
+    def _write_ids(self) -> None:
+        # fixed-width UTF-8 bytes compress; variable-length strings sit uncompressed in the
+        # global heap (~65 B per image, more than the int8 maps of a small image)
+        encoded = [i.encode("utf-8") for i in self._id_list]
+        width = max([len(e) for e in encoded] + [1])
+        comp = dict(compression=self.compression, compression_opts=self.compression_opts,
+                    shuffle=self.compression is not None)
+        idx = self._file["index"]
+        if not encoded:
+            idx.create_dataset("ids", shape=(0,), dtype="S1")
+            return
+        idx.create_dataset("ids", data=np.array(encoded, dtype=f"S{width}"),
+                           chunks=(min(INDEX_CHUNK, len(encoded)),), **comp)
 
     def abort(self) -> None:
         """Drop everything written so far; no file is left at ``path`` or the temporary name."""
@@ -243,10 +271,11 @@ class MapsWriter:
                 (cam, cam_scale), (td, td_scale) = quantize_int8(cam), quantize_int8(td)
             except ValueError as exc:
                 raise MapsError(f"{image_id}: {exc} (the model's outputs diverged)") from None
-            scales = np.concatenate([cam_scale, td_scale])
+            scales = np.concatenate([cam_scale.ravel(), td_scale.ravel()])
         else:
             cam, td, scales = _to_f16(cam), _to_f16(td), np.zeros(0, np.float32)
         self._ids.add(image_id)
+        self._id_list.append(image_id)
         self._pending.append((image_id, cam, td, ids, ihw, shw, vhw, scales))
         self._pending_elems += 2 * cam.size
         if self._pending_elems >= FLUSH_ELEMENTS:
@@ -266,7 +295,6 @@ class MapsWriter:
             pos += 2 * cam.size
         _append(f["data"], np.concatenate(blocks) if blocks else np.zeros(0, self._dtype))
         idx = f["index"]
-        _append(idx["ids"], np.array([r[0] for r in rows], dtype=object))
         _append(idx["offset"], np.asarray(offsets, np.int64))
         _append(idx["num_present"], np.asarray([len(r[3]) for r in rows], np.int32))
         _append(idx["class_ids"], np.asarray([c for r in rows for c in r[3]], np.int16))
@@ -413,7 +441,7 @@ class MapsReader:
         cam = block[:n].reshape(k, vh, vw)
         td = block[n:].reshape(k, vh, vw)
         if self._scale is not None:
-            s = self._scale[2 * self._class_start[i]:2 * self._class_start[i + 1]]
+            s = self._scale[4 * self._class_start[i]:4 * self._class_start[i + 1]].reshape(2 * k, 2)
             out["cam"], out["td"] = dequantize_int8(cam, s[:k]), dequantize_int8(td, s[k:])
         else:
             out["cam"], out["td"] = cam.astype(np.float32), td.astype(np.float32)

@@ -87,7 +87,7 @@ def test_round_trip_shapes_dtypes_metadata(tmp_path, encoding):
             for got_map, want in zip((got["cam"], got["td"]), data[image_id]):
                 if encoding == "float16":  # relative error ~ 1e-3
                     np.testing.assert_allclose(got_map, want, rtol=1e-3, atol=1e-2)
-                else:  # int8: at most one step (max|x| / 127) per map, signs exact
+                else:  # int8: at most one step (max|x| / 127 of the sign's part) per map, signs exact
                     step = np.abs(want).max(axis=(1, 2), keepdims=True) / 127 if want.size else 0
                     assert np.all(np.abs(got_map - want) <= step * 1.0001)
                     np.testing.assert_array_equal(np.sign(got_map), np.sign(want))
@@ -99,25 +99,27 @@ def test_round_trip_shapes_dtypes_metadata(tmp_path, encoding):
 
 
 def test_quantize_int8_keeps_signs_and_bounds_the_error():
-    x = np.array([[[0.0, 1e-6, -1e-6, 0.3], [-2.0, 127.0, -127.0, 5.5]],
+    x = np.array([[[0.0, 1e-6, -1e-6, 0.3], [-4.0, 127.0, -254.0, 5.5]],
                   [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]], np.float32)
     q, scale = quantize_int8(x)
-    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (2,)
-    assert scale[0] == pytest.approx(1.0) and scale[1] == 1.0  # max|x| / 127; all-zero map: 1
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (2, 2)
+    # positive part: max / 127 = 1; negative part: -min / 127 = 2; absent parts: 1
+    np.testing.assert_allclose(scale, [[1.0, 2.0], [1.0, 1.0]])
     assert q[0].tolist() == [[0, 1, -1, 1], [-2, 127, -127, 6]]  # tiny values keep their sign
     y = dequantize_int8(q, scale)
     np.testing.assert_array_equal(np.sign(y), np.sign(x))
-    assert np.all(np.abs(y - x) <= scale[:, None, None])
+    np.testing.assert_allclose(y[0], [[0, 1, -2, 1], [-4, 127, -254, 6]])
     assert not y[1].any()
     rng = np.random.default_rng(0)
-    x = rng.normal(0, 3, (3, 40, 40)).astype(np.float32)
+    x = rng.normal(0, 3, (3, 40, 40)).astype(np.float32) - 2  # negative part wider than positive
     q, scale = quantize_int8(x)
     y = dequantize_int8(q, scale)
     np.testing.assert_array_equal(np.sign(y), np.sign(x))
-    np.testing.assert_allclose(scale, np.abs(x).max(axis=(1, 2)) / 127, rtol=1e-6)
-    step = scale[:, None, None]
+    np.testing.assert_allclose(scale[:, 0], x.max(axis=(1, 2)) / 127, rtol=1e-6)
+    np.testing.assert_allclose(scale[:, 1], -x.min(axis=(1, 2)) / 127, rtol=1e-6)
+    step = np.where(x >= 0, scale[:, 0, None, None], scale[:, 1, None, None])
     far = np.abs(x) >= step / 2  # rounding to nearest: half a step; nearer 0 the sign rule may add up to one
-    assert np.all(np.abs(y - x)[far] <= (step / 2 * 1.0001 + 0 * x)[far])
+    assert np.all(np.abs(y - x)[far] <= step[far] / 2 * 1.0001)
     assert np.all(np.abs(y - x) <= step * 1.0001)
     with pytest.raises(ValueError, match="NaN or infinite"):
         quantize_int8(np.array([[[np.nan, 1.0]]], np.float32))
@@ -126,12 +128,19 @@ def test_quantize_int8_keeps_signs_and_bounds_the_error():
 def test_int8_store_is_smaller_and_reads_files_without_encoding(tmp_path):
     rng = np.random.default_rng(3)
     recs = [_record(rng, 2, 12, 12) for _ in range(200)]
+    ids = [f"id{i}" for i in range(199)] + ["bild_ä_long_name"]  # ids: UTF-8, any width
     sizes = {}
     for enc in ("int8", "float16"):
         with MapsWriter(tmp_path / f"{enc}.h5", encoding=enc) as w:
-            for i, (cam, td) in enumerate(recs):
-                w.write(f"id{i}", cam, td, [1, 2], (96, 96))
+            for image_id, (cam, td) in zip(ids, recs):
+                w.write(image_id, cam, td, [1, 2], (96, 96))
         sizes[enc] = (tmp_path / f"{enc}.h5").stat().st_size
+        with MapsReader(tmp_path / f"{enc}.h5") as r:
+            assert r.ids == ids and r.read("bild_ä_long_name")["td"].shape == (2, 12, 12)
+    with MapsWriter(tmp_path / "empty.h5"):
+        pass
+    with MapsReader(tmp_path / "empty.h5") as r:
+        assert r.ids == [] and r.attrs["num_images"] == 0
     assert sizes["int8"] < 0.8 * sizes["float16"]  # 0.72 on this Gaussian noise (~0.5 on real maps)
     # a format-version-1 file: float16 data and no encoding attribute
     with h5py.File(tmp_path / "float16.h5", "r+") as f:
