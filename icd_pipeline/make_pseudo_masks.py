@@ -47,7 +47,7 @@ import numpy as np
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
+from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -133,11 +133,12 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         td = upsample_maps(record["td"], (H, W), valid, cell)
         cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
         cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
-        icd = icd_seed(td, cam_maps, class_ids)
+        seeds_cfg = seeds_cfg or {}
+        icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
+        icd = icd_seed(td, cam_maps, class_ids, icd_bg)
         if saliency is not None:
-            seeds_cfg = seeds_cfg or {}
             sal = saliency_seed(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
-                                seeds_cfg.get("saliency_min_area", 0.01))
+                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg)
     out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),

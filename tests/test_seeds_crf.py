@@ -9,7 +9,7 @@ from PIL import Image
 from icd_pipeline import make_pseudo_masks as mpm
 from icd_pipeline.crf import crf_from_labels, dense_crf, labels_to_probs
 from icd_pipeline.data.voc import read_mask
-from icd_pipeline.seeds import cam_seed, icd_seed, upsample_maps
+from icd_pipeline.seeds import cam_seed, icd_seed, saliency_seed, upsample_maps
 
 CRF = dict(gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10,
            iterations=10)
@@ -42,6 +42,27 @@ def test_icd_seed_single_class():
     expected[1:3, 2:5] = 7
     expected[0, 0] = 255
     np.testing.assert_array_equal(seed, expected)
+
+
+def test_icd_seed_background_threshold_leaves_the_weak_band_void():
+    td = np.array([[[-10.0, -4.0, -1.0, 0.5, 2.0]]], np.float32)   # min -10: neg = 1, 0.4, 0.1
+    np.testing.assert_array_equal(icd_seed(td, None, [3])[0], [0, 0, 0, 3, 3])      # authors: 1e-5
+    np.testing.assert_array_equal(icd_seed(td, None, [3], icd_bg_threshold=0.3)[0], [0, 0, 255, 3, 3])
+    np.testing.assert_array_equal(icd_seed(td, None, [3], icd_bg_threshold=0.5)[0], [0, 255, 255, 3, 3])
+    # two classes: background must be confident for every present class (relative to its own minimum)
+    td2 = np.stack([td[0], np.array([[-1.0, -1.0, -1.0, -1.0, -1.0]], np.float32)])
+    td2[1, 0, 0] = -2.0
+    cam = np.ones_like(td2)
+    cam[0, 0, 0] = 0.0
+    np.testing.assert_array_equal(icd_seed(td2, cam, [3, 4], icd_bg_threshold=0.6)[0], [0, 255, 255, 3, 3])
+    np.testing.assert_array_equal(icd_seed(td2, cam, [3, 4], icd_bg_threshold=0.35)[0], [0, 0, 255, 3, 3])
+    # saliency mode falls back to ICD background on a nearly empty salient area: same threshold
+    sal = np.zeros((1, 5), np.float32)
+    np.testing.assert_array_equal(saliency_seed(td, None, [3], sal, min_salient_area=0.5,
+                                                icd_bg_threshold=0.3)[0], [0, 0, 255, 3, 3])
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="icd_bg_threshold"):
+            icd_seed(td, None, [3], icd_bg_threshold=bad)
 
 
 def test_icd_seed_all_negative_is_background():
