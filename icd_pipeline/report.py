@@ -1,6 +1,6 @@
 """Run summary: pseudo-mask table, final mIoU (pseudo vs full supervision) and stage times.
 
-    python -m icd_pipeline.report --dataset NAME --pseudo-table table.csv \
+    python -m icd_pipeline.report --dataset NAME --deeplab-masks icd_crf --pseudo-table table.csv \
         --deeplab-pseudo pseudo/summary.json --deeplab-full full/summary.json \
         --benchmarks results/NAME/benchmarks --out-md summary.md --out-csv summary.csv
 """
@@ -30,12 +30,18 @@ def read_benchmarks(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "seconds", "max_rss_mb"])
 
 
-def summary_rows(pseudo_table: pd.DataFrame, deeplab_pseudo: dict, deeplab_full: dict) -> pd.DataFrame:
+MASK_NAMES = {"icd_crf": "ICD+CRF pseudo-masks", "icd_seed": "ICD seeds, 255 not trained on",
+              "icd_sal": "ICD+saliency seeds"}
+
+
+def summary_rows(pseudo_table: pd.DataFrame, deeplab_pseudo: dict, deeplab_full: dict,
+                 deeplab_masks: str = "icd_crf") -> pd.DataFrame:
     rows = [{"metric": f"pseudo-mask mIoU ({row.method})", "value": float(row.miou)}
             for row in pseudo_table.itertuples()]
     rows += [{"metric": f"pseudo-mask mIoU, 255 left out ({row.method})", "value": float(row.miou_authors)}
              for row in pseudo_table.itertuples()]
-    rows.append({"metric": "DeepLab val mIoU (trained on ICD+CRF pseudo-masks)", "value": deeplab_pseudo["miou"]})
+    masks = MASK_NAMES.get(deeplab_masks, deeplab_masks)
+    rows.append({"metric": f"DeepLab val mIoU (trained on {masks})", "value": deeplab_pseudo["miou"]})
     rows.append({"metric": "DeepLab val mIoU (fully supervised)", "value": deeplab_full["miou"]})
     ratio = deeplab_pseudo["miou"] / deeplab_full["miou"] if deeplab_full["miou"] else float("nan")
     rows.append({"metric": "fraction of full supervision", "value": ratio})
@@ -55,6 +61,8 @@ def to_markdown(df: pd.DataFrame, float_fmt: str = "{:.4f}") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
+    parser.add_argument("--deeplab-masks", default="icd_crf",
+                        help="the pseudo-mask folder the pseudo DeepLab trained on (icd_crf, icd_seed, icd_sal)")
     parser.add_argument("--pseudo-table", required=True)
     parser.add_argument("--deeplab-pseudo", required=True)
     parser.add_argument("--deeplab-full", required=True)
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    summary = summary_rows(table, pseudo, full)
+    summary = summary_rows(table, pseudo, full, args.deeplab_masks)
     bench = read_benchmarks(args.benchmarks)
     with atomic_path(args.out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")

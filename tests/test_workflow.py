@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
+import yaml
 from smk import BIN, ROOT, TINY, jobs_in_dry_run, nothing_to_do, run_snakemake
+
+from icd_pipeline.report import MASK_NAMES
 
 
 def test_dry_run_default_config(tmp_path):
@@ -25,9 +27,12 @@ STAGE_TARGETS = ("data", "icd", "maps", "pseudo_masks", "deeplab", "report")
 
 
 def test_stage_targets_exist(tmp_path):
-    # one dry run for all six (Snakemake's start-up dominates): an unknown target fails it
-    proc = run_snakemake(tmp_path, "-n", *STAGE_TARGETS)
+    # one dry run for all six (Snakemake's start-up dominates): an unknown target fails it;
+    # the same run checks that deeplab.pseudo_masks picks the folder the pseudo DeepLab trains on
+    proc = run_snakemake(tmp_path, "-n", "-p", *STAGE_TARGETS, "--config", "deeplab={pseudo_masks: icd_seed}")
     assert set(STAGE_TARGETS) <= jobs_in_dry_run(proc)
+    assert "pseudo_masks/masks/icd_seed --out-dir results/embedded/deeplab/pseudo" in proc.stdout
+    assert "--deeplab-masks icd_seed" in proc.stdout
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -67,7 +72,8 @@ def test_tiny_run_produces_every_output(tiny_run):
     for name in ("icd/loss_curve.png", "pseudo_masks/grid.png", "deeplab/grid.png", "deeplab/per_class_iou.png"):
         assert (res / name).stat().st_size > 1000, name
     md = (res / "report" / "summary.md").read_text()
-    assert "ICD+CRF" in md and "fully supervised" in md
+    masks = yaml.safe_load((ROOT / "config.yaml").read_text())["deeplab"].get("pseudo_masks", "icd_crf")
+    assert "ICD+CRF" in md and "fully supervised" in md and f"trained on {MASK_NAMES[masks]}" in md
     # every rule leaves a log and a benchmark
     assert len(list((res / "benchmarks").glob("*.tsv"))) >= 10
     # nothing is written outside results/ and .snakemake/

@@ -76,13 +76,19 @@ def deeplab_masks(wildcards):
 
 
 def mask_dir_arg(wildcards, input):
-    """pseudo: the masks seeds.background selects (icd_crf, or icd_sal with saliency);
-    saliency: the ICD+saliency seeds (benchmark row); full: ground truth (no argument).
+    """pseudo: the masks deeplab.pseudo_masks names (icd_crf, the paper's; or icd_seed, the
+    ICD seeds with their 255), or icd_sal when seeds.background is saliency; saliency: the
+    ICD+saliency seeds (benchmark row); full: ground truth (no argument).
     """
-    if wildcards.target == "saliency" or (
-        wildcards.target == "pseudo" and config["seeds"]["background"] == "saliency"
-    ):
+    if wildcards.target == "saliency":
         return f"--mask-dir {input.masks}/icd_sal"
     if wildcards.target == "pseudo":
-        return f"--mask-dir {input.masks}/icd_crf"
+        return f"--mask-dir {input.masks}/{pseudo_mask_folder()}"
     return ""
+
+
+def pseudo_mask_folder():
+    """The pseudo-mask folder the "pseudo" DeepLab trains on."""
+    if config["seeds"]["background"] == "saliency":
+        return "icd_sal"
+    return config["deeplab"]["pseudo_masks"]

@@ -30,8 +30,9 @@ rule summarize:
         dataset=DATASET,
         code=code_hash("report.py"),
         bench=BENCH,
+        masks=pseudo_mask_folder(),
     shell:
-        "python -m icd_pipeline.report --dataset {params.dataset}"
+        "python -m icd_pipeline.report --dataset {params.dataset} --deeplab-masks {params.masks}"
         " --pseudo-table {input.table} --deeplab-pseudo {input.deeplab_pseudo}"
         " --deeplab-full {input.deeplab_full} --benchmarks {params.bench}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
