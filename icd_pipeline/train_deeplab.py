@@ -64,12 +64,18 @@ METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds")
 POLY_POWER = 0.9
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``logits`` (B, C, h, w) upsampled bilinearly to the target's size
-    (B, H, W), pixels with target 255 ignored (mean over the other pixels)."""
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, C, h, w), upsampled bilinearly in float32 to the
+    target's size (B, H, W), pixels with target 255 ignored, averaged over the valid pixels
+    of the *global* batch: each process divides its sum by the count summed over processes,
+    times the number of processes, so DDP's gradient average equals the single-process loss on
+    the whole batch (one process: the plain mean; 0 when no pixel is valid)."""
+    logits = logits.float()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), target, ignore_index=VOID)
+    ce_sum = F.cross_entropy(logits, target, ignore_index=VOID, reduction="sum")
+    count = D.all_reduce_sum((target != VOID).sum().to(torch.float32))
+    return ce_sum * world_size / count.clamp(min=1)
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float = POLY_POWER) -> float:
@@ -121,15 +127,6 @@ def check_masks(dataset: SegmentationDataset) -> None:
             raise DataError(f"{path}: mask of training image {image_id} is missing")
 
 
-def global_mean_ce(logits: torch.Tensor, target: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Cross-entropy (255 ignored) averaged over the valid pixels of the *global* batch: each
-    process divides its sum by the count summed over processes, times the number of processes,
-    so DDP's gradient average equals the single-process loss on the whole batch."""
-    ce_sum = F.cross_entropy(logits, target, ignore_index=VOID, reduction="sum")
-    count = D.all_reduce_sum((target != VOID).sum().to(torch.float32))
-    return ce_sum * world_size / count.clamp(min=1)
-
-
 def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,
                     progress: bool = True, desc: str = "epoch", world_size: int = 1) -> dict:
     model.train()
@@ -150,7 +147,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         with torch.autocast(device_type=device.type, enabled=use_amp):
             logits = model(images)
         up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = global_mean_ce(up, target, world_size)
+        loss = segmentation_loss(up, target, world_size)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

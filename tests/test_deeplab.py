@@ -109,6 +109,9 @@ def test_loss_ignores_void():
     up = F.interpolate(small, size=(6, 6), mode="bilinear", align_corners=False)
     torch.testing.assert_close(train_deeplab.segmentation_loss(small, target),
                                -torch.log_softmax(up[0, :, 2, 3], 0)[2])
+    # a crop with no labelled pixel contributes 0, not NaN
+    empty = torch.full((1, 6, 6), VOID, dtype=torch.long)
+    assert float(train_deeplab.segmentation_loss(logits, empty)) == 0.0
 
 
 def test_poly_lr():
