@@ -87,7 +87,7 @@ def test_round_trip_shapes_dtypes_metadata(tmp_path, encoding):
             for got_map, want in zip((got["cam"], got["td"]), data[image_id]):
                 if encoding == "float16":  # relative error ~ 1e-3
                     np.testing.assert_allclose(got_map, want, rtol=1e-3, atol=1e-2)
-                else:  # int8: at most one step (max|x| / 127 of the sign's part) per map, signs exact
+                else:  # int8: at most one step of the map's wider part (max|x| / 127), signs exact
                     step = np.abs(want).max(axis=(1, 2), keepdims=True) / 127 if want.size else 0
                     assert np.all(np.abs(got_map - want) <= step * 1.0001)
                     np.testing.assert_array_equal(np.sign(got_map), np.sign(want))
