@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import METHOD_VERSION
 from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout
+from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout, image_size
 from .maps_io import MapsWriter
 from .misc.io import sha256_file
 from .misc.runtime import get_logger, select_device, set_threads
@@ -171,6 +171,60 @@ def batch_maps(model, batch: dict, flip: bool, device: torch.device) -> list[dic
     return out
 
 
+def cached_variants(cache, input_scale: float, scales: Sequence[float], flip: bool) -> list[int] | None:
+    """Cache variant indices of every extraction pass (scale x flip), or None when the cache
+    lacks one of them (extraction then runs the backbone)."""
+    wanted = [(float(s) * input_scale, f) for s in scales for f in ((False, True) if flip else (False,))]
+    found = [cache.variant_of(s, f) for s, f in wanted]
+    return None if any(v is None for v in found) else found
+
+
+@torch.no_grad()
+def cached_image_maps(model, cache, image_id: str, class_ids: Sequence[int], image_hw: Sequence[int],
+                      input_scale: float, variant_ids: Sequence[int], device: torch.device) -> dict:
+    """The maps of one image from its cached backbone features: the heads on every variant,
+    mirrored passes flipped back, each resampled to the scale-1 grid ceil(scaled_hw / stride)
+    (the cells covering the image, as in :func:`batch_maps`) and averaged."""
+    ci = cache.position[image_id]
+    shw = scaled_size(image_hw, input_scale)
+    ref = (math.ceil(shw[0] / cache.stride), math.ceil(shw[1] / cache.stride))
+    idx = torch.as_tensor([c - 1 for c in class_ids], dtype=torch.long, device=device)
+    total = None
+    for v in variant_ids:
+        out, icd = cache.features(ci, v)
+        feats = {"out": torch.from_numpy(out.astype(np.float32)).permute(2, 0, 1)[None].to(device),
+                 "icd": torch.from_numpy(icd.astype(np.float32)).permute(2, 0, 1)[None].to(device)}
+        with _autocast(device):
+            cam, td = model.predict(feats)
+        pair = torch.stack([cam[0, idx].float(), td[0, idx].float()])  # (2, k, h, w)
+        if cache.variants[v][1]:
+            pair = torch.flip(pair, dims=[3])
+        if tuple(pair.shape[2:]) != ref:
+            k = pair.shape[1]
+            pair = F.interpolate(pair.reshape(1, 2 * k, *pair.shape[2:]), size=ref, mode="bilinear",
+                                 align_corners=False).reshape(2, k, *ref) if k else pair.new_zeros((2, 0, *ref))
+        total = pair if total is None else total + pair
+    pair = (total / len(variant_ids)).cpu().numpy()
+    return {"id": image_id, "cam": pair[0], "td": pair[1], "class_ids": list(class_ids),
+            "image_hw": tuple(int(v) for v in image_hw), "scaled_hw": shw, "valid_hw": ref}
+
+
+def extract_from_cache(model, cache, layout: VOCLayout, split: str, input_scale: float, variant_ids: Sequence[int],
+                       writer: MapsWriter, device: torch.device, progress: bool = True) -> dict:
+    model.eval()
+    ids = layout.ids(split)
+    t0 = time.perf_counter()
+    for image_id in tqdm(ids, desc="extract maps (feature cache)", unit="img", disable=not progress, file=sys.stderr):
+        if image_id not in cache.position:
+            raise DataError(f"{cache.path}: no cached features for {image_id} of split {split!r}")
+        rec = cached_image_maps(model, cache, image_id, layout.labels(image_id), image_size(layout.image_path(image_id)),
+                                input_scale, variant_ids, device)
+        writer.write(rec["id"], rec["cam"], rec["td"], rec["class_ids"], rec["image_hw"],
+                     scaled_hw=rec["scaled_hw"], valid_hw=rec["valid_hw"])
+    seconds = time.perf_counter() - t0
+    return {"images": len(ids), "seconds": seconds, "images_per_s": len(ids) / seconds if seconds > 0 else float("nan")}
+
+
 def make_loader(dataset, input_scale: float, scales: Sequence[float], stride: int, batch_size: int,
                 num_workers: int, device: torch.device) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
@@ -240,7 +294,8 @@ def load_model(path, device):
 
 
 def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
-        benchmark: bool = False, benchmark_batches: int = 20, progress: bool = True) -> dict:
+        benchmark: bool = False, benchmark_batches: int = 20, progress: bool = True,
+        feature_cache: str | None = None) -> dict:
     set_threads()
     maps_cfg = config["maps"]
     device = select_device(config.get("device", "auto"))
@@ -274,8 +329,26 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
     log.info("extracting maps for %d images of %s/%s on %s (backbone %s, stride %d, input_scale %g, "
              "scales %s, flip %s, batch %d)", len(dataset), data_root, split, device, attrs["backbone"],
              stride, input_scale, scales, flip, maps_cfg["batch_size"])
+    cache, variant_ids = None, None
+    if feature_cache:
+        from .feature_cache import FeatureCache
+
+        cache = FeatureCache(feature_cache, icd_cfg=icd_cfg, split=split)
+        cache.check_backbone(model.backbone)
+        variant_ids = cached_variants(cache, input_scale, scales, flip)
+        if variant_ids is None:
+            log.info("feature cache %s lacks some of maps.scales %s x flip %s: running the backbone", feature_cache,
+                     scales, flip)
+        else:
+            log.info("maps from the cached backbone features %s (%d passes per image)", feature_cache,
+                     len(variant_ids))
+            attrs["feature_cache"] = str(feature_cache)
     with MapsWriter(out, attrs=attrs, encoding=maps_cfg.get("encoding", "int8")) as writer:
-        stats = extract(model, loader, writer, flip, device, progress=progress)
+        if variant_ids is not None:
+            stats = extract_from_cache(model, cache, layout, split, input_scale, variant_ids, writer, device,
+                                       progress=progress)
+        else:
+            stats = extract(model, loader, writer, flip, device, progress=progress)
     log.info("wrote %s: %d images in %.1f s (%.1f images/s)", out, stats["images"], stats["seconds"],
              stats["images_per_s"])
     result = {"extract_images": stats["images"], "extract_seconds": round(stats["seconds"], 3),
@@ -300,12 +373,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the bare model forward on the first batches and print both rates")
     parser.add_argument("--benchmark-batches", type=int, default=20)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--feature-cache", help="frozen-backbone features of the split (feature_cache stage): "
+                        "the passes it holds are read from it instead of running the backbone")
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
         result = run(config, args.data_root, args.split, args.checkpoint, args.out,
                      benchmark=args.benchmark_forward, benchmark_batches=args.benchmark_batches,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, feature_cache=args.feature_cache)
     except (DataError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

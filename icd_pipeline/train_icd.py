@@ -33,11 +33,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size
+from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
+                       read_image)
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
                      td_loss, td_targets, update_sign, warmup_weight)
 from .misc import distributed as D
-from .misc.io import atomic_path, write_csv_rows
+from .feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen
+from .misc.io import atomic_path, write_csv_rows, write_json
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
 
@@ -73,9 +75,10 @@ def open_superpixels(path: str | Path):
     return SuperpixelStore(path)
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over classes with at least one positive of the (non-interpolated) AP."""
-    aps = []
+def class_average_precision(scores: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per class with at least one positive (column index -> AP): non-interpolated AP, the
+    mean precision at the ranks of the positives."""
+    aps = {}
     for c in range(labels.shape[1]):
         y = labels[:, c]
         if y.sum() == 0:
@@ -83,8 +86,36 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
         order = np.argsort(-scores[:, c], kind="stable")
         hits = y[order]
         prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append(float((prec * hits).sum() / hits.sum()))
-    return float(np.mean(aps)) if aps else float("nan")
+        aps[c] = float((prec * hits).sum() / hits.sum())
+    return aps
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with at least one positive of the (non-interpolated) AP."""
+    aps = class_average_precision(scores, labels)
+    return float(np.mean(list(aps.values()))) if aps else float("nan")
+
+
+@torch.no_grad()
+def evaluate_classifier(model: ICDModel, layout: VOCLayout, split: str, input_scale: float,
+                        device: torch.device, amp: bool) -> dict:
+    """Image-level mAP of the CAM classifier (GAP of the CAM logits) on ``split``: each image
+    resized by ``input_scale``, single scale, no flip, the model in eval mode."""
+    from .feature_cache import variant_image
+
+    ids = layout.ids(split)
+    scores, labels = [], []
+    model.eval()
+    for image_id in ids:
+        x = variant_image(read_image(layout.image_path(image_id)), input_scale, False)[None].to(device)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            cam, _ = model.predict(x)
+        scores.append(cam.float().mean(dim=(2, 3)).cpu().numpy()[0])
+        labels.append(multi_hot(layout.labels(image_id), layout.num_fg))
+    aps = class_average_precision(np.stack(scores), np.stack(labels))
+    names = list(layout.class_names)[1:] if layout.class_names[0] == "background" else list(layout.class_names)
+    return {"split": split, "images": len(ids), "map": float(np.mean(list(aps.values()))) if aps else float("nan"),
+            "ap": {names[c]: ap for c, ap in aps.items()}}
 
 
 def _rng_state() -> dict:
@@ -117,12 +148,15 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     write_csv_rows(path, rows, METRIC_COLUMNS)
 
 
-def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
+def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
                omega: float, amp: bool, net: torch.nn.Module | None = None) -> dict:
-    """Forward + losses of one iteration (spec 2.7); returns the losses and monitors. ``net`` is
+    """Forward + losses of one iteration (spec 2.7); returns the losses and monitors. ``images``:
+    a batch of images, or the frozen backbone's features of them (``{"out", "icd"}``, the
+    feature cache). ``net`` is
     ``model`` wrapped in DistributedDataParallel when several processes train: the forward goes
     through it and the sign statistics are summed over the processes (the global batch's)."""
-    with torch.autocast(device_type=images.device.type, enabled=amp):
+    device_type = (images["icd"] if isinstance(images, dict) else images).device.type
+    with torch.autocast(device_type=device_type, enabled=amp):
         out = (net or model)(images)
     cam = out["cam"].float()
     b = out["bu"]
@@ -146,7 +180,8 @@ def train_step(model: ICDModel, images: torch.Tensor, y: torch.Tensor, sp: torch
 
 
 def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
-          superpixels_path: str | Path | None = None, grid_superpixels: int | None = None) -> dict:
+          superpixels_path: str | Path | None = None, grid_superpixels: int | None = None,
+          feature_cache: str | Path | None = None, eval_split: str | None = None) -> dict:
     cfg = config["icd"]
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
@@ -167,8 +202,17 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     else:
         raise ValueError("superpixels are required: pass --superpixels FILE.h5")
     scales = [float(s) * float(cfg["input_scale"]) for s in cfg["scales"]]
-    dataset = ClassificationDataset(layout, split, TrainTransform(cfg["crop_size"], scales, base_size=None),
-                                    superpixels=store, seed=seed)
+    if bool(cfg.get("feature_cache", False)) != (feature_cache is not None):
+        raise ConfigError("icd.feature_cache is %s but %s" % (
+            cfg.get("feature_cache", False), "a --feature-cache file was given" if feature_cache
+            else "no --feature-cache file was given (run the feature_cache stage)"))
+    cache = None
+    if feature_cache is not None:
+        cache = FeatureCache(feature_cache, icd_cfg=cfg, split=split)
+        dataset = CachedTrainDataset(cache, layout, split, cfg["crop_size"], store, seed=seed)
+    else:
+        dataset = ClassificationDataset(layout, split, TrainTransform(cfg["crop_size"], scales, base_size=None),
+                                        superpixels=store, seed=seed)
     bs = int(cfg["batch_size"])  # the global batch; each of the ctx.world_size processes takes local_bs
     local_bs = D.local_batch_size(bs, ctx, "icd.batch_size")
     iters_per_epoch = len(dataset) // ctx.world_size // local_bs
@@ -178,6 +222,9 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     warmup_iters = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
 
     model = build_icd_model(cfg, layout.num_fg).to(device)
+    if cache is not None:
+        check_backbone_frozen(model)
+        cache.check_backbone(model.backbone)
     if ctx.distributed and cfg.get("sync_bn", True):
         D.convert_sync_batchnorm(model)
     net = D.wrap_ddp(model, ctx)
@@ -185,7 +232,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     identity = {"config": dict(cfg), "seed": seed, "data_root": str(Path(data_root).resolve()), "split": split,
-                "superpixels": str(superpixels_path) if superpixels_path else f"grid:{grid_superpixels}"}
+                "superpixels": str(superpixels_path) if superpixels_path else f"grid:{grid_superpixels}",
+                "feature_cache": str(feature_cache) if feature_cache else None}
 
     start_epoch, it, rows = 0, 0, []
     if ckpt_path.is_file():
@@ -206,9 +254,10 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             LOG.warning("checkpoint %s was written with another config or data; starting afresh", ckpt_path)
 
     LOG.info("ICD training: %s on %s (%d images, %d classes), %d epochs x %d iterations, batch %d, "
-             "crop %d, scales %s, warm-up %d iterations, device %s%s%s", cfg["backbone"], data_root, len(dataset),
+             "crop %d, scales %s, warm-up %d iterations, device %s%s%s%s", cfg["backbone"], data_root, len(dataset),
              layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
-             " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "")
+             " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "",
+             f", heads on cached frozen-backbone features {feature_cache}" if cache is not None else "")
     from tqdm import tqdm
 
     for epoch in range(start_epoch, epochs):
@@ -217,7 +266,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         dataset.set_epoch(epoch)
         # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = DataLoader(dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch),
-                            drop_last=True, num_workers=int(cfg["num_workers"]), pin_memory=amp)
+                            drop_last=True, num_workers=0 if cache is not None else int(cfg["num_workers"]),
+                            pin_memory=amp)
         model.train()
         sums = {k: 0.0 for k in ("loss", "loss_cls", "loss_bu", "loss_td", "td_pos_frac", "target_pos_frac")}
         scores, labels = [], []
@@ -227,7 +277,11 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
                    disable=not ctx.is_main)
         for batch in bar:
-            images = batch["image"].to(device, non_blocking=True)
+            if cache is not None:  # the heads' inputs straight from the cache
+                images = {"out": batch["out"].to(device, non_blocking=True),
+                          "icd": batch["icd"].to(device, non_blocking=True)}
+            else:
+                images = batch["image"].to(device, non_blocking=True)
             y = batch["label"].to(device).float()
             sp = batch["superpixels"].to(device)
             omega = warmup_weight(it, warmup_iters)
@@ -279,6 +333,11 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                          title=f"ICD training ({cfg['backbone']})")
     except Exception as exc:  # noqa: BLE001 - a figure must not fail the stage
         LOG.warning("could not draw the loss curve: %s", exc)
+    if eval_split:
+        classifier = evaluate_classifier(model, layout, eval_split, float(cfg["input_scale"]), device, amp)
+        write_json(out_dir / "classifier.json", classifier)
+        LOG.info("image-level classifier on %s: mAP %.3f over %d classes with positives (%d images)",
+                 eval_split, classifier["map"], len(classifier["ap"]), classifier["images"])
     save_icd_checkpoint(out_dir / "model.pt", model, cfg, layout.class_names,
                         extra={"epochs": epochs, "iterations": it, "data_root": identity["data_root"],
                                "split": split, "seed": seed, "final_metrics": rows[-1] if rows else {}})
@@ -297,11 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--grid-superpixels", type=int, metavar="N",
                        help="testing only: square N-pixel blocks instead of real superpixels")
     parser.add_argument("--out-dir", required=True, help="output folder (results/<dataset>/icd)")
+    parser.add_argument("--feature-cache", help="frozen-backbone features of the split (feature_cache stage); "
+                        "required when icd.feature_cache is true")
+    parser.add_argument("--eval-split", help="also write classifier.json: image-level mAP of the classifier on "
+                        "this split (single scale, no flip)")
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        train(config, args.data_root, args.split, args.out_dir, args.superpixels, args.grid_superpixels)
-    except (DataError, ConfigError, CheckpointError, ValueError, RuntimeError) as exc:
+        train(config, args.data_root, args.split, args.out_dir, args.superpixels, args.grid_superpixels,
+              feature_cache=args.feature_cache, eval_split=args.eval_split)
+    except (DataError, ConfigError, CheckpointError, CacheError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -82,3 +82,11 @@ def write_csv_rows(path: str | Path, rows: list[dict], columns) -> None:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: row.get(k, "") for k in columns})
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -121,19 +121,22 @@ class ICDModel(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             return F.conv2d(x.detach().float(), w_hat[:, :, None, None])
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.backbone(images)
+    def forward(self, images: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``images`` (B, 3, H, W) in [0, 1], or the backbone's features ``{"out", "icd"}``
+        already computed (the frozen-feature cache): the heads see the same tensors either way."""
+        f = images if isinstance(images, dict) else self.backbone(images)
         cam = self.cam_head(f["out"])
         x = self.bn(f["icd"])
         return {"cam": cam, "td": self.td_head(x), "bu": self.bottom_up(x), "feats": x}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CAM logits, top-down ICD logits), both (B, K, h, w), in eval mode."""
+    def predict(self, images: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CAM logits, top-down ICD logits), both (B, K, h, w), in eval mode; ``images`` as
+        in :meth:`forward`."""
         was_training = self.training
         self.eval()
         try:
-            f = self.backbone(images)
+            f = images if isinstance(images, dict) else self.backbone(images)
             cam = self.cam_head(f["out"])
             td = self.td_head(self.bn(f["icd"]))
         finally:

@@ -92,3 +92,37 @@ def pseudo_mask_folder():
     if config["seeds"]["background"] == "saliency":
         return "icd_sal"
     return config["deeplab"]["pseudo_masks"]
+
+
+def icd_training_inputs(wildcards):
+    """train_icd reads the superpixels, and the frozen-backbone feature cache when
+    icd.feature_cache is on."""
+    inputs = {
+        "manifest": f"{RES}/data/manifest.json",
+        "superpixels": f"{RES}/superpixels/{TRAIN_SPLIT}.h5",
+    }
+    if config["icd"]["feature_cache"]:
+        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+    return inputs
+
+
+def feature_cache_config():
+    """Only the icd keys that define the cached features (plus seed and device): changing
+    lr or epochs retrains the heads without recomputing the cache."""
+    from icd_pipeline.feature_cache import SETTINGS_KEYS
+
+    icd = {k: config["icd"][k] for k in SETTINGS_KEYS + ("num_workers",)}
+    return json.dumps(
+        {"seed": config["seed"], "device": config["device"], "icd": icd},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def maps_inputs(wildcards):
+    """extract_maps reads the trained model, and the feature cache of the training split
+    when there is one (the passes it holds are not recomputed)."""
+    inputs = {"model": f"{RES}/icd/model.pt"}
+    if config["icd"]["feature_cache"] and wildcards.split == TRAIN_SPLIT:
+        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+    return inputs

@@ -25,10 +25,34 @@ rule superpixels:
         " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
 
 
-rule train_icd:
+rule feature_cache:
     input:
         manifest=f"{RES}/data/manifest.json",
-        superpixels=f"{RES}/superpixels/{TRAIN_SPLIT}.h5",
+    output:
+        h5=f"{RES}/features/{{split}}.h5",
+    log:
+        f"{LOGS}/feature_cache_{{split}}.log",
+    benchmark:
+        f"{BENCH}/feature_cache_{{split}}.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=1,
+    params:
+        cfg=feature_cache_config(),
+        code=code_hash("feature_cache.py", "models"),
+        root=lambda w: data_root(),
+    shell:
+        "python -m icd_pipeline.feature_cache --config-json {params.cfg:q}"
+        " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
+
+
+rule train_icd:
+    input:
+        unpack(icd_training_inputs),
     output:
         model=f"{RES}/icd/model.pt",
         metrics=report(
@@ -41,6 +65,7 @@ rule train_icd:
             caption="../report/icd_loss_curve.rst",
             category="1. ICD training",
         ),
+        classifier=f"{RES}/icd/classifier.json",
     log:
         f"{LOGS}/train_icd.log",
     benchmark:
@@ -55,20 +80,29 @@ rule train_icd:
     params:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
+        eval_split=EVAL_SPLIT,
+        cache=lambda w, input: (
+            f"--feature-cache {input.features}" if "features" in input.keys() else ""
+        ),
         cfg=stage_config("seed", "device", "icd"),
         code=code_hash(
-            "train_icd.py", "models", "losses.py", "viz.py", "superpixels.py"
+            "train_icd.py",
+            "models",
+            "losses.py",
+            "viz.py",
+            "superpixels.py",
+            "feature_cache.py",
         ),
         root=lambda w: data_root(),
     shell:
         "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_icd --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {params.split}"
-        " --superpixels {input.superpixels} --out-dir {params.out} > {log} 2>&1"
+        " --data-root {params.root} --split {params.split} --eval-split {params.eval_split}"
+        " --superpixels {input.superpixels} {params.cache} --out-dir {params.out} > {log} 2>&1"
 
 
 rule extract_maps:
     input:
-        model=rules.train_icd.output.model,
+        unpack(maps_inputs),
     output:
         h5=f"{RES}/maps/{{split}}.h5",
     log:
@@ -84,12 +118,15 @@ rule extract_maps:
         gpu=1,
     params:
         cfg=stage_config("device", "maps"),
-        code=code_hash("extract_maps.py", "maps_io.py", "models"),
+        code=code_hash("extract_maps.py", "maps_io.py", "models", "feature_cache.py"),
         root=lambda w: data_root(),
+        cache=lambda w, input: (
+            f"--feature-cache {input.features}" if "features" in input.keys() else ""
+        ),
     shell:
         "python -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"
-        " --checkpoint {input.model} --out {output.h5} > {log} 2>&1"
+        " --checkpoint {input.model} {params.cache} --out {output.h5} > {log} 2>&1"
 
 
 rule icd:

@@ -1,0 +1,343 @@
+"""Frozen-backbone feature cache: backbone features of every training image computed once.
+
+When the whole ICD backbone is frozen (``icd.frozen_stages`` covers every stage and its BN
+layers run on their stored statistics), the backbone is a fixed function of the image, so
+its features under the training augmentation's scales and flips can be computed once and
+the heads (CAM fc6/fc7/fc8, ICD BN + directions + top-down head) trained from them for many
+epochs. Enabled by ``icd.feature_cache: true``; ``train_icd`` refuses it for a backbone that
+trains.
+
+    python -m icd_pipeline.feature_cache --config-json JSON --data-root DIR --split train \
+        --out results/<ds>/features/train.h5
+
+What is cached: for each image and each variant (s, flip) with s in ``icd.scales`` (times
+``icd.input_scale``) and flip in (no, yes), the image is resized exactly as the training
+transform does (PIL bilinear to round(H * s) x round(W * s), then mirrored) and the backbone's
+``out`` and ``icd`` features of the *whole* resized image are stored (float16, one row per
+map cell). Training then draws a random variant per image and epoch and crops a window of
+``ceil(crop_size / stride)`` cells (superpixels cropped to the same pixel window; zero
+features and the padding superpixel id where the map is smaller than the window), which is
+the image-space crop of the training transform moved to the feature grid: a cell near the
+crop border sees the image beyond the crop, as it does in the full image.
+
+File layout (HDF5)::
+
+    attrs: format, version, settings (JSON of the icd keys that define the features),
+           split, variants (JSON [[scale, flip], ...]), stride, out_channels, icd_channels
+    /ids      fixed-width UTF-8 (N,)
+    /index    int64 (N, V, 5): row offset, h, w, scaled_h, scaled_w of each image/variant
+    /out      float16 (cells, C_out)   backbone "out" features, row = cell (row-major h, w)
+    /icd      float16 (cells, C_icd)   backbone "icd" features
+
+Written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .config import ConfigError, add_config_args, config_from_args
+from .data.voc import DataError, VOCLayout, _resize, multi_hot, read_image
+from .misc.io import atomic_path
+from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+
+LOG = get_logger("feature_cache")
+FORMAT = "icd-pipeline/feature-cache"
+VERSION = 1
+# the icd keys that define the cached features (anything else may change without a rebuild)
+SETTINGS_KEYS = ("backbone", "pretrained", "output_stride", "out_block", "input_scale", "scales",
+                 "frozen_stages", "freeze_bn")
+
+
+class CacheError(ValueError):
+    """A cache file that does not fit the model or config at hand (names the file)."""
+
+
+def cache_settings(icd_cfg: dict) -> dict:
+    return {k: icd_cfg.get(k) for k in SETTINGS_KEYS}
+
+
+def backbone_fingerprint(backbone) -> str:
+    """sha256 of the backbone's weights and buffers: the cache belongs to exactly these (a
+    randomly initialised backbone differs with the seed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def variants(icd_cfg: dict) -> list[tuple[float, bool]]:
+    """(absolute scale, flip) pairs: every training scale times input_scale, plain and mirrored."""
+    base = float(icd_cfg.get("input_scale", 1.0))
+    return [(float(s) * base, flip) for s in icd_cfg["scales"] for flip in (False, True)]
+
+
+def check_backbone_frozen(model) -> None:
+    """The cache is exact only for a backbone that is a fixed function: no trainable
+    parameter and every BatchNorm on its stored statistics in training mode."""
+    backbone = model.backbone
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ConfigError(
+            f"icd.feature_cache needs a frozen backbone, but {len(trainable)} backbone parameters train "
+            f"(first: {trainable[0]}): set icd.frozen_stages to the backbone's stage count "
+            f"({len(backbone.stages())} for {backbone.name}) or icd.feature_cache: false")
+    model.train()
+    live_bn = [m for m in backbone.bn_modules() if m.training]
+    model.eval()
+    if live_bn:
+        raise ConfigError("icd.feature_cache needs every backbone BatchNorm frozen (icd.freeze_bn: true or "
+                          "all stages in icd.frozen_stages)")
+
+
+def scaled_hw(hw: Sequence[int], scale: float) -> tuple[int, int]:
+    """The training transform's size for scale ``scale`` (TrainTransform rounds the same way)."""
+    return max(1, int(round(int(hw[0]) * scale))), max(1, int(round(int(hw[1]) * scale)))
+
+
+def variant_image(image: np.ndarray, scale: float, flip: bool) -> torch.Tensor:
+    """uint8 HxWx3 -> float (3, h, w) in [0, 1], resized and mirrored as TrainTransform does."""
+    img = _resize(image, scaled_hw(image.shape[:2], scale), nearest=False)
+    if flip:
+        img = img[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1) / 255.0))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, layout: VOCLayout, ids: Sequence[str]):
+        self.layout, self.ids = layout, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        return self.ids[i], read_image(self.layout.image_path(self.ids[i]))
+
+
+@torch.inference_mode()
+def compute_features(backbone, image: np.ndarray, var: Sequence[tuple[float, bool]], device: torch.device
+                     ) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """(out (h, w, C_out), icd (h, w, C_icd), scaled_hw) float16 per variant; the variants of one
+    scale run as one batch."""
+    results: dict[int, tuple] = {}
+    by_scale: dict[float, list[int]] = {}
+    for vi, (s, _) in enumerate(var):
+        by_scale.setdefault(s, []).append(vi)
+    amp = device.type == "cuda"
+    for s, vis in by_scale.items():
+        x = torch.stack([variant_image(image, s, var[vi][1]) for vi in vis]).to(device)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            f = backbone(x)
+        out = f["out"].float().permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+        icd = f["icd"].float().permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+        if out.shape[1:3] != icd.shape[1:3]:
+            raise CacheError(f"backbone {backbone.name}: 'out' {out.shape[1:3]} and 'icd' {icd.shape[1:3]} grids differ")
+        for j, vi in enumerate(vis):
+            results[vi] = (out[j], icd[j], scaled_hw(image.shape[:2], s))
+    return [results[vi] for vi in range(len(var))]
+
+
+def build(config: dict, data_root: str | Path, split: str, out: str | Path, progress: bool = True) -> dict:
+    """Compute and write the cache of ``split`` (see the module docstring)."""
+    from tqdm import tqdm
+
+    from .models.icd import build_icd_model
+
+    set_threads()
+    cfg = config["icd"]
+    device = select_device(config.get("device", "auto"))
+    layout = VOCLayout.open(data_root)
+    ids = layout.ids(split)
+    seed_everything(int(config.get("seed", 0)))  # as train_icd does before building the model
+    model = build_icd_model(cfg, layout.num_fg)
+    check_backbone_frozen(model)
+    backbone = model.backbone.to(device).eval()
+    var = variants(cfg)
+    loader = torch.utils.data.DataLoader(_Images(layout, ids), batch_size=None, shuffle=False,
+                                         num_workers=min(2, int(cfg.get("num_workers", 0))))
+    index = np.zeros((len(ids), len(var), 5), dtype=np.int64)
+    t0 = time.perf_counter()
+    LOG.info("feature cache: %d images of %s/%s, %d variants (scales %s x flip), backbone %s, device %s",
+             len(ids), data_root, split, len(var), sorted({s for s, _ in var}), cfg["backbone"], device)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            c_out, c_icd = backbone.out_channels, backbone.icd_channels
+            d_out = h5.create_dataset("out", shape=(0, c_out), maxshape=(None, c_out), dtype=np.float16,
+                                      chunks=(max(1, 65536 // c_out), c_out))
+            d_icd = h5.create_dataset("icd", shape=(0, c_icd), maxshape=(None, c_icd), dtype=np.float16,
+                                      chunks=(max(1, 65536 // c_icd), c_icd))
+            rows = 0
+            bar = tqdm(loader, desc="feature cache", unit="img", disable=not progress, file=sys.stderr)
+            for i, (image_id, image) in enumerate(bar):
+                feats = compute_features(backbone, np.asarray(image), var, device)
+                n = sum(o.shape[0] * o.shape[1] for o, _, _ in feats)
+                d_out.resize(rows + n, axis=0)
+                d_icd.resize(rows + n, axis=0)
+                for vi, (o, c, shw) in enumerate(feats):
+                    h, w = o.shape[:2]
+                    d_out[rows:rows + h * w] = o.reshape(h * w, c_out)
+                    d_icd[rows:rows + h * w] = c.reshape(h * w, c_icd)
+                    index[i, vi] = (rows, h, w, shw[0], shw[1])
+                    rows += h * w
+            bar.close()
+            h5.create_dataset("index", data=index)
+            h5.create_dataset("ids", data=np.array([s.encode() for s in ids], dtype=f"S{max(map(len, ids), default=1)}"))
+            h5.attrs.update({"format": FORMAT, "version": VERSION, "split": split,
+                             "settings": json.dumps(cache_settings(cfg), sort_keys=True),
+                             "variants": json.dumps([[s, f] for s, f in var]), "stride": int(backbone.stride),
+                             "out_channels": int(c_out), "icd_channels": int(c_icd),
+                             "backbone_sha256": backbone_fingerprint(backbone)})
+    seconds = time.perf_counter() - t0
+    size = Path(out).stat().st_size
+    LOG.info("wrote %s: %d images x %d variants, %.1f MB, %.1f s (%.1f images/s)", out, len(ids), len(var),
+             size / 1e6, seconds, len(ids) / max(seconds, 1e-9))
+    return {"images": len(ids), "variants": len(var), "seconds": seconds, "bytes": size}
+
+
+class FeatureCache:
+    """The whole cache in memory (float16), read once: ``features(i, v) -> (out, icd)``
+    as (h, w, C) arrays, ``ids``, ``variants``, ``index``."""
+
+    def __init__(self, path: str | Path, icd_cfg: dict | None = None, split: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CacheError(f"{self.path}: feature cache file is missing (run the feature_cache stage)")
+        try:
+            with h5py.File(self.path, "r") as h5:
+                attrs = dict(h5.attrs)
+                if attrs.get("format") != FORMAT:
+                    raise CacheError(f"{self.path}: not a feature cache (format {attrs.get('format')!r})")
+                self.ids = [s.decode() for s in h5["ids"][...]]
+                self.index = h5["index"][...]
+                self.out = h5["out"][...]
+                self.icd = h5["icd"][...]
+        except OSError as exc:
+            raise CacheError(f"{self.path}: unreadable feature cache ({exc})") from exc
+        self.settings = json.loads(attrs["settings"])
+        self.variants = [(float(s), bool(f)) for s, f in json.loads(attrs["variants"])]
+        self.split = str(attrs["split"])
+        self.stride = int(attrs["stride"])
+        self.backbone_sha256 = str(attrs["backbone_sha256"])
+        if icd_cfg is not None and cache_settings(icd_cfg) != self.settings:
+            diff = {k: (self.settings.get(k), icd_cfg.get(k)) for k in SETTINGS_KEYS
+                    if self.settings.get(k) != icd_cfg.get(k)}
+            raise CacheError(f"{self.path}: built with other icd settings (cache, config): {diff}; "
+                             "rebuild it (snakemake reruns the feature_cache stage)")
+        if split is not None and split != self.split:
+            raise CacheError(f"{self.path}: cache of split {self.split!r}, not {split!r}")
+        self.position = {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def check_backbone(self, backbone) -> None:
+        if backbone_fingerprint(backbone) != self.backbone_sha256:
+            raise CacheError(f"{self.path}: built from other backbone weights than this model's "
+                             "(another seed or weights file); rebuild it")
+
+    def features(self, i: int, v: int) -> tuple[np.ndarray, np.ndarray]:
+        off, h, w = (int(x) for x in self.index[i, v, :3])
+        return (self.out[off:off + h * w].reshape(h, w, -1), self.icd[off:off + h * w].reshape(h, w, -1))
+
+    def variant_of(self, scale: float, flip: bool) -> int | None:
+        for v, (s, f) in enumerate(self.variants):
+            if abs(s - scale) < 1e-9 and f == flip:
+                return v
+        return None
+
+
+def crop_window(grid_hw: Sequence[int], cells: int, rng: random.Random) -> tuple[int, int]:
+    """Top-left cell of a random ``cells`` x ``cells`` window (0 along a side shorter than it)."""
+    return rng.randint(0, max(int(grid_hw[0]) - cells, 0)), rng.randint(0, max(int(grid_hw[1]) - cells, 0))
+
+
+def crop_features(feat: np.ndarray, top: int, left: int, cells: int) -> torch.Tensor:
+    """(h, w, C) -> (C, cells, cells) float32, zero where the window leaves the map."""
+    part = feat[top:top + cells, left:left + cells]
+    out = np.zeros((feat.shape[2], cells, cells), dtype=np.float32)
+    out[:, :part.shape[0], :part.shape[1]] = part.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def crop_superpixels(sp: np.ndarray, shw: Sequence[int], flip: bool, top: int, left: int, cells: int,
+                     stride: int) -> torch.Tensor:
+    """Superpixels resized (nearest) to the variant's size, mirrored, padded with their own
+    id (max + 1) and cropped to the pixel window of the feature window."""
+    sp = _resize(sp.astype(np.int32), (int(shw[0]), int(shw[1])), nearest=True)
+    if flip:
+        sp = sp[:, ::-1]
+    size = cells * stride
+    y0, x0 = top * stride, left * stride
+    window = np.full((size, size), int(sp.max()) + 1, dtype=np.int64)
+    part = sp[y0:y0 + size, x0:x0 + size]
+    window[:part.shape[0], :part.shape[1]] = part
+    return torch.from_numpy(window)
+
+
+class CachedTrainDataset(torch.utils.data.Dataset):
+    """ICD training samples from the cache: per image and epoch a random variant (scale, flip)
+    and a random crop window, drawn from (seed, epoch, index) like ClassificationDataset."""
+
+    def __init__(self, cache: FeatureCache, layout: VOCLayout, split: str, crop_size: int,
+                 superpixels: Callable[[str], np.ndarray], seed: int = 0):
+        self.cache, self.layout = cache, layout
+        self.ids = layout.ids(split)
+        missing = [i for i in self.ids if i not in cache.position]
+        if missing:
+            raise CacheError(f"{cache.path}: no features for {len(missing)} images of split {split!r} "
+                             f"(first: {missing[0]}); rebuild the cache")
+        self.labels = {i: multi_hot(layout.labels(i), layout.num_fg) for i in self.ids}
+        self.cells = -(-int(crop_size) // cache.stride)
+        self.superpixels = superpixels
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        rng = random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF)
+        ci = self.cache.position[image_id]
+        v = rng.randrange(len(self.cache.variants))
+        out, icd = self.cache.features(ci, v)
+        top, left = crop_window(out.shape[:2], self.cells, rng)
+        shw = self.cache.index[ci, v, 3:5]
+        sp = crop_superpixels(self.superpixels(image_id), shw, self.cache.variants[v][1], top, left, self.cells,
+                              self.cache.stride)
+        return {"id": image_id, "label": torch.from_numpy(self.labels[image_id]),
+                "out": crop_features(out, top, left, self.cells), "icd": crop_features(icd, top, left, self.cells),
+                "superpixels": sp}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.feature_cache",
+                                     description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
+    parser.add_argument("--split", default="train", help="image list under ImageSets/Segmentation")
+    parser.add_argument("--out", required=True, help="output HDF5 file (results/<ds>/features/<split>.h5)")
+    args = parser.parse_args(argv)
+    try:
+        build(config_from_args(args), args.data_root, args.split, args.out)
+    except (DataError, ConfigError, CacheError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
