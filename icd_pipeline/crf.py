@@ -9,6 +9,8 @@ mean-subtracted image cast to uint8 wraps around, a bug seen in peer code).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 VOID = 255
@@ -76,18 +78,35 @@ def labels_to_probs(labels: np.ndarray, num_labels: int, confidence: float = 0.5
 
 
 def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, confidence: float = 0.5,
-                    min_posterior: float = 0.1, **crf_params) -> np.ndarray:
-    """Refine a hard label map (uint8, 255 = ignore) with the dense CRF over all
-    ``num_labels`` labels (background included). Returns uint8: argmax of the posterior,
-    255 where the maximum posterior is below ``min_posterior``."""
+                    min_posterior: float = 0.1, present: Sequence[int] | None = None, **crf_params) -> np.ndarray:
+    """Refine a hard label map (uint8, 255 = ignore) with the dense CRF. Returns uint8: argmax
+    of the posterior, 255 where the maximum posterior is below ``min_posterior``.
+
+    ``present=None``: over all ``num_labels`` labels (background included), the authors'
+    protocol. ``present=[class ids]``: over background and those classes only (irn's
+    practice): a pixel can only take a label of the image, and the CRF costs ~labels/num_labels."""
     unknown = set(crf_params) - set(_CRF_KEYS)
     if unknown:
         raise TypeError(f"unknown CRF parameter(s): {sorted(unknown)}")
     if num_labels > VOID:
         raise ValueError(f"num_labels must be at most {VOID}, got {num_labels}")
-    prob = labels_to_probs(labels, num_labels, confidence)
-    q = dense_crf(image, prob, **crf_params)
-    out = q.argmax(axis=0).astype(np.uint8)
+    if present is None:
+        prob = labels_to_probs(labels, num_labels, confidence)
+        q = dense_crf(image, prob, **crf_params)
+        out = q.argmax(axis=0).astype(np.uint8)
+    else:
+        keep = np.array(sorted({0, *(int(c) for c in present)}), dtype=np.int64)
+        if keep.max() >= num_labels:
+            raise ValueError(f"present class ids {list(present)} outside 1..{num_labels - 1}")
+        lut = np.full(256, -1, dtype=np.int64)
+        lut[keep] = np.arange(len(keep))
+        lut[VOID] = VOID
+        sub = lut[np.asarray(labels, dtype=np.uint8)]
+        if (sub < 0).any():
+            raise ValueError(f"labels {sorted(set(np.unique(np.asarray(labels)[sub < 0]).tolist()))} are not among "
+                             f"background and the present classes {list(present)}")
+        q = dense_crf(image, labels_to_probs(sub, len(keep), confidence), **crf_params)
+        out = keep[q.argmax(axis=0)].astype(np.uint8)
     out[q.max(axis=0) < min_posterior] = VOID
     return out
 

@@ -333,7 +333,7 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
     if feature_cache:
         from .feature_cache import FeatureCache
 
-        cache = FeatureCache(feature_cache, icd_cfg=icd_cfg, split=split)
+        cache = FeatureCache(feature_cache, icd_cfg=icd_cfg)
         cache.check_backbone(model.backbone)
         variant_ids = cached_variants(cache, input_scale, scales, flip)
         if variant_ids is None:

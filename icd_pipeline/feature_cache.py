@@ -54,9 +54,11 @@ from .misc.runtime import get_logger, seed_everything, select_device, set_thread
 LOG = get_logger("feature_cache")
 FORMAT = "icd-pipeline/feature-cache"
 VERSION = 1
-# the icd keys that define the cached features (anything else may change without a rebuild)
-SETTINGS_KEYS = ("backbone", "pretrained", "output_stride", "out_block", "input_scale", "scales",
-                 "frozen_stages", "freeze_bn")
+# the keys that define the cached features (anything else may change without a rebuild); the
+# backbone's weights are checked by their fingerprint, its being frozen by check_backbone_frozen
+SETTINGS_KEYS = ("backbone", "pretrained", "output_stride", "out_block", "input_scale", "scales")
+# what the feature_cache stage reads of the icd section
+BUILD_KEYS = SETTINGS_KEYS + ("frozen_stages", "freeze_bn", "num_workers")
 
 
 class CacheError(ValueError):
@@ -211,7 +213,7 @@ class FeatureCache:
     """The whole cache in memory (float16), read once: ``features(i, v) -> (out, icd)``
     as (h, w, C) arrays, ``ids``, ``variants``, ``index``."""
 
-    def __init__(self, path: str | Path, icd_cfg: dict | None = None, split: str | None = None):
+    def __init__(self, path: str | Path, icd_cfg: dict | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise CacheError(f"{self.path}: feature cache file is missing (run the feature_cache stage)")
@@ -231,14 +233,18 @@ class FeatureCache:
         self.split = str(attrs["split"])
         self.stride = int(attrs["stride"])
         self.backbone_sha256 = str(attrs["backbone_sha256"])
-        if icd_cfg is not None and cache_settings(icd_cfg) != self.settings:
-            diff = {k: (self.settings.get(k), icd_cfg.get(k)) for k in SETTINGS_KEYS
-                    if self.settings.get(k) != icd_cfg.get(k)}
-            raise CacheError(f"{self.path}: built with other icd settings (cache, config): {diff}; "
-                             "rebuild it (snakemake reruns the feature_cache stage)")
-        if split is not None and split != self.split:
-            raise CacheError(f"{self.path}: cache of split {self.split!r}, not {split!r}")
+        if icd_cfg is not None:
+            self.check_settings(icd_cfg)
+        # any split whose images are all cached can read it (e.g. a subset list of the same
+        # images); the readers name a missing image
         self.position = {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def check_settings(self, section: dict, name: str = "icd") -> None:
+        """``section`` (icd, or deeplab with the same backbone) must define the cached features."""
+        diff = {k: (self.settings.get(k), section.get(k)) for k in SETTINGS_KEYS if self.settings.get(k) != section.get(k)}
+        if diff:
+            raise CacheError(f"{self.path}: built with other settings than {name} (cache, {name}): {diff}; "
+                             "rebuild it (snakemake reruns the feature_cache stage)")
 
     def check_backbone(self, backbone) -> None:
         if backbone_fingerprint(backbone) != self.backbone_sha256:
@@ -269,36 +275,40 @@ def crop_features(feat: np.ndarray, top: int, left: int, cells: int) -> torch.Te
     return torch.from_numpy(out)
 
 
-def crop_superpixels(sp: np.ndarray, shw: Sequence[int], flip: bool, top: int, left: int, cells: int,
-                     stride: int) -> torch.Tensor:
-    """Superpixels resized (nearest) to the variant's size, mirrored, padded with their own
-    id (max + 1) and cropped to the pixel window of the feature window."""
-    sp = _resize(sp.astype(np.int32), (int(shw[0]), int(shw[1])), nearest=True)
+def crop_label_map(labels: np.ndarray, shw: Sequence[int], flip: bool, top: int, left: int, cells: int,
+                   stride: int, fill: int) -> torch.Tensor:
+    """A per-pixel map (superpixel ids, mask) resized (nearest) to the variant's size, mirrored,
+    padded with ``fill`` and cropped to the pixel window of the feature window."""
+    labels = _resize(labels.astype(np.int32), (int(shw[0]), int(shw[1])), nearest=True)
     if flip:
-        sp = sp[:, ::-1]
+        labels = labels[:, ::-1]
     size = cells * stride
     y0, x0 = top * stride, left * stride
-    window = np.full((size, size), int(sp.max()) + 1, dtype=np.int64)
-    part = sp[y0:y0 + size, x0:x0 + size]
+    window = np.full((size, size), fill, dtype=np.int64)
+    part = labels[y0:y0 + size, x0:x0 + size]
     window[:part.shape[0], :part.shape[1]] = part
     return torch.from_numpy(window)
 
 
-class CachedTrainDataset(torch.utils.data.Dataset):
-    """ICD training samples from the cache: per image and epoch a random variant (scale, flip)
-    and a random crop window, drawn from (seed, epoch, index) like ClassificationDataset."""
+def crop_superpixels(sp: np.ndarray, shw: Sequence[int], flip: bool, top: int, left: int, cells: int,
+                     stride: int) -> torch.Tensor:
+    """Superpixels of the window; outside the image the padding's own id (max + 1), as the
+    training transform pads them."""
+    return crop_label_map(sp, shw, flip, top, left, cells, stride, int(sp.max()) + 1)
 
-    def __init__(self, cache: FeatureCache, layout: VOCLayout, split: str, crop_size: int,
-                 superpixels: Callable[[str], np.ndarray], seed: int = 0):
+
+class _CachedSamples(torch.utils.data.Dataset):
+    """Per image and epoch a random cached variant (scale, flip) and a random crop window,
+    drawn from (seed, epoch, index) like the image datasets."""
+
+    def __init__(self, cache: FeatureCache, layout: VOCLayout, split: str, crop_size: int, seed: int = 0):
         self.cache, self.layout = cache, layout
         self.ids = layout.ids(split)
         missing = [i for i in self.ids if i not in cache.position]
         if missing:
             raise CacheError(f"{cache.path}: no features for {len(missing)} images of split {split!r} "
                              f"(first: {missing[0]}); rebuild the cache")
-        self.labels = {i: multi_hot(layout.labels(i), layout.num_fg) for i in self.ids}
         self.cells = -(-int(crop_size) // cache.stride)
-        self.superpixels = superpixels
         self.seed = seed
         self.epoch = 0
 
@@ -308,19 +318,60 @@ class CachedTrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def draw(self, index: int):
+        """(image id, cache row, variant, top, left) of this sample in this epoch."""
         image_id = self.ids[index]
         rng = random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF)
         ci = self.cache.position[image_id]
         v = rng.randrange(len(self.cache.variants))
+        h, w = (int(x) for x in self.cache.index[ci, v, 1:3])
+        top, left = crop_window((h, w), self.cells, rng)
+        return image_id, ci, v, top, left
+
+    def window(self, labels: np.ndarray, ci: int, v: int, top: int, left: int, fill: int) -> torch.Tensor:
+        return crop_label_map(labels, self.cache.index[ci, v, 3:5], self.cache.variants[v][1], top, left,
+                              self.cells, self.cache.stride, fill)
+
+
+class CachedSegmentationDataset(_CachedSamples):
+    """DeepLab training samples from the cache: the ``out`` features of a window and its mask
+    (ground truth or a pseudo-mask folder; 255 where the window leaves the image)."""
+
+    def __init__(self, cache: FeatureCache, layout: VOCLayout, split: str, crop_size: int,
+                 mask_dir: str | Path | None = None, seed: int = 0):
+        super().__init__(cache, layout, split, crop_size, seed)
+        self.mask_dir = Path(mask_dir) if mask_dir is not None else None
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.mask_dir / f"{image_id}.png" if self.mask_dir is not None else self.layout.mask_path(image_id)
+
+    def __getitem__(self, index: int) -> dict:
+        from .data.voc import VOID, read_mask
+
+        image_id, ci, v, top, left = self.draw(index)
+        out, _ = self.cache.features(ci, v)
+        mask = read_mask(self.mask_path(image_id), self.layout.num_classes)
+        return {"id": image_id, "out": crop_features(out, top, left, self.cells),
+                "mask": self.window(mask, ci, v, top, left, VOID)}
+
+
+class CachedTrainDataset(_CachedSamples):
+    """ICD training samples from the cache: the window's ``out`` and ``icd`` features, its
+    superpixels and the image-level label."""
+
+    def __init__(self, cache: FeatureCache, layout: VOCLayout, split: str, crop_size: int,
+                 superpixels: Callable[[str], np.ndarray], seed: int = 0):
+        super().__init__(cache, layout, split, crop_size, seed)
+        self.labels = {i: multi_hot(layout.labels(i), layout.num_fg) for i in self.ids}
+        self.superpixels = superpixels
+
+    def __getitem__(self, index: int) -> dict:
+        image_id, ci, v, top, left = self.draw(index)
         out, icd = self.cache.features(ci, v)
-        top, left = crop_window(out.shape[:2], self.cells, rng)
-        shw = self.cache.index[ci, v, 3:5]
-        sp = crop_superpixels(self.superpixels(image_id), shw, self.cache.variants[v][1], top, left, self.cells,
-                              self.cache.stride)
+        sp = self.superpixels(image_id)
         return {"id": image_id, "label": torch.from_numpy(self.labels[image_id]),
                 "out": crop_features(out, top, left, self.cells), "icd": crop_features(icd, top, left, self.cells),
-                "superpixels": sp}
+                "superpixels": self.window(sp, ci, v, top, left, int(sp.max()) + 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

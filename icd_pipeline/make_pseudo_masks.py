@@ -124,6 +124,8 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         raise ValueError(f"class ids {class_ids} outside 1..{num_labels - 1}")
     crf_cfg = dict(pm_cfg.get("crf", {}))
     crf_kwargs = crf_params_from_config(crf_cfg)
+    if crf_cfg.get("labels", "all") == "present":
+        crf_kwargs["present"] = class_ids
     conf = crf_cfg.get("unary_confidence", 0.5)
     min_post = crf_cfg.get("min_posterior", 0.1)
     if not class_ids:   # no image-level label: nothing but background can be claimed

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
+from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
@@ -117,7 +118,7 @@ def plot_curve(csv_path: Path, png_path: Path, title: str) -> None:
     plot_loss_curves(csv_path, png_path, ["loss", "pixel_acc", "lr"], title=title)
 
 
-def check_masks(dataset: SegmentationDataset) -> None:
+def check_masks(dataset) -> None:
     """Fail early, naming the first missing mask (pseudo-mask folders are often incomplete)."""
     if dataset.mask_dir is not None and not dataset.mask_dir.is_dir():
         raise DataError(f"{dataset.mask_dir}: mask folder is missing")
@@ -142,7 +143,10 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     for batch in bar:
         factor = set_lr(optimizer, it, total_its)
         lr0 = factor if lr0 is None else lr0
-        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if "out" in batch:  # frozen-backbone features from the cache
+            images = {"out": batch["out"].to(device, non_blocking=True)}
+        else:
+            images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             logits = model(images)
@@ -160,7 +164,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
             keep = target != VOID
             correct += int(((up.argmax(1) == target) & keep).sum())
             valid += int(keep.sum())
-        b = images.shape[0] * world_size
+        b = target.shape[0] * world_size
         loss_sum += float(loss.detach()) / world_size * b  # this process's share of the global mean
         n_images += b
         it += 1
@@ -180,7 +184,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
 
 
 def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path | None, out_dir: str | Path,
-          progress: bool = True) -> dict:
+          progress: bool = True, feature_cache: str | Path | None = None) -> dict:
     """Train (or resume) and write the outputs; return the last epoch's metrics row."""
     section = config["deeplab"]
     seed = int(config.get("seed", 0))
@@ -198,7 +202,21 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
     scale = float(section["input_scale"])
     transform = TrainTransform(crop_size=int(section["crop_size"]),
                                scales=[s * scale for s in section["scales"]], flip=bool(section["flip"]))
-    dataset = SegmentationDataset(layout, split, transform=transform, mask_dir=mask_dir, seed=seed)
+    if bool(section.get("feature_cache", False)) != (feature_cache is not None):
+        raise ConfigError("deeplab.feature_cache is %s but %s" % (
+            section.get("feature_cache", False), "a --feature-cache file was given" if feature_cache
+            else "no --feature-cache file was given (run the feature_cache stage)"))
+    cache = None
+    if feature_cache is not None:
+        if not section.get("freeze_backbone", False):
+            raise ConfigError("deeplab.feature_cache needs deeplab.freeze_backbone: true (the cache holds the "
+                              "features of a fixed backbone)")
+        cache = FeatureCache(feature_cache)
+        cache.check_settings({**section, "out_block": None}, name="deeplab")
+        dataset = CachedSegmentationDataset(cache, layout, split, int(section["crop_size"]), mask_dir=mask_dir,
+                                            seed=seed)
+    else:
+        dataset = SegmentationDataset(layout, split, transform=transform, mask_dir=mask_dir, seed=seed)
     check_masks(dataset)
     bs = int(section["batch_size"])  # the global batch; each of the ctx.world_size processes takes local_bs
     local_bs = D.local_batch_size(bs, ctx, "deeplab.batch_size")
@@ -210,6 +228,8 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
 
     model = build_from_config(section, layout.num_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
+    if cache is not None:
+        cache.check_backbone(model.backbone)
     if ctx.distributed and section.get("sync_bn", True):
         D.convert_sync_batchnorm(model)
     net = D.wrap_ddp(model, ctx)
@@ -245,7 +265,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
         # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch), drop_last=True,
-            num_workers=int(section["num_workers"]), pin_memory=device.type == "cuda",
+            num_workers=0 if cache is not None else int(section["num_workers"]), pin_memory=device.type == "cuda",
             persistent_workers=False)
         torch.manual_seed(seed * 100003 + epoch + 7919 * ctx.rank)  # dropout (distinct per process)
         stats = train_one_epoch(net, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
@@ -288,12 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-dir", default="", help="pseudo-mask folder (<id>.png); empty: ground truth")
     parser.add_argument("--out-dir", required=True, help="results/<dataset>/deeplab/<target>")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    parser.add_argument("--feature-cache", help="frozen-backbone features of the split (feature_cache stage); "
+                        "required when deeplab.feature_cache is true")
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
         row = train(config, args.data_root, args.split, args.mask_dir or None, args.out_dir,
-                    progress=not args.no_progress)
-    except (DataError, ConfigError, ValueError, FloatingPointError) as exc:
+                    progress=not args.no_progress, feature_cache=args.feature_cache)
+    except (DataError, ConfigError, CacheError, ValueError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(row))

@@ -208,7 +208,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             else "no --feature-cache file was given (run the feature_cache stage)"))
     cache = None
     if feature_cache is not None:
-        cache = FeatureCache(feature_cache, icd_cfg=cfg, split=split)
+        cache = FeatureCache(feature_cache, icd_cfg=cfg)
         dataset = CachedTrainDataset(cache, layout, split, cfg["crop_size"], store, seed=seed)
     else:
         dataset = ClassificationDataset(layout, split, TrainTransform(cfg["crop_size"], scales, base_size=None),

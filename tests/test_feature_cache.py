@@ -38,7 +38,7 @@ def cache_file(voc, tmp_path_factory):
 
 def test_cache_holds_the_backbone_features_of_every_variant(voc, cache_file):
     cfg, path = cache_file
-    cache = FC.FeatureCache(path, icd_cfg=cfg["icd"], split="train")
+    cache = FC.FeatureCache(path, icd_cfg=cfg["icd"])
     assert cache.variants == [(1.0, False), (1.0, True), (1.5, False), (1.5, True)]
     torch.manual_seed(cfg["seed"])
     model = build_icd_model(cfg["icd"], 2).eval()
@@ -145,3 +145,22 @@ def test_cache_refused_for_a_training_backbone_or_other_settings(voc, cache_file
     off["icd"]["feature_cache"] = False
     with pytest.raises(ConfigError, match="feature_cache"):
         train_icd.train(off, voc, "train", tmp_path / "icd", grid_superpixels=8, feature_cache=path)
+
+
+def test_deeplab_head_trains_from_the_cache(voc, cache_file, tmp_path):
+    from icd_pipeline import train_deeplab
+
+    cfg, path = cache_file
+    deeplab = {"backbone": "tiny", "pretrained": False, "output_stride": 8, "input_scale": 1.0, "crop_size": 64,
+               "scales": [1.0, 1.5], "batch_size": 4, "epochs": 2, "num_workers": 0, "freeze_backbone": True,
+               "feature_cache": True, "lr": 0.01}
+    config = validate({"seed": cfg["seed"], "device": "cpu", "deeplab": deeplab})
+    row = train_deeplab.train(config, voc, "train", None, tmp_path / "dl", progress=False, feature_cache=path)
+    assert np.isfinite(row["loss"]) and (tmp_path / "dl" / "model.pt").is_file()
+    cache = FC.FeatureCache(path)
+    sample = FC.CachedSegmentationDataset(cache, VOCLayout.open(voc), "train", 64)[0]
+    assert sample["out"].shape[1:] == (8, 8) and sample["mask"].shape == (64, 64)
+    assert set(sample["mask"].unique().tolist()) <= {0, 1, 2, 255}
+    config["deeplab"]["freeze_backbone"] = False
+    with pytest.raises(ConfigError, match="freeze_backbone"):
+        train_deeplab.train(config, voc, "train", None, tmp_path / "dl2", progress=False, feature_cache=path)

@@ -245,3 +245,21 @@ def test_make_pseudo_masks_missing_ids_and_class_mismatch(tmp_path, capsys):
                    "--out-dir", str(tmp_path / "m"), "--workers", "1"])
     assert rc == 1 and "ghost" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_crf_over_present_labels_only_assigns_them():
+    from icd_pipeline.crf import crf_from_labels
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    labels = np.full((24, 32), 255, np.uint8)
+    labels[:8] = 0
+    labels[10:16, 4:12] = 7
+    labels[18:, 20:] = 12
+    out = crf_from_labels(image, labels, 21, present=[7, 12], iterations=3)
+    assert set(np.unique(out).tolist()) <= {0, 7, 12, 255}
+    assert (out[:8] == 0).mean() > 0.9 and (out[10:16, 4:12] == 7).mean() > 0.75
+    full = crf_from_labels(image, labels, 21, iterations=3)  # all 21 labels: the same seeds win
+    assert ((out == full) | (full == 255)).mean() > 0.9
+    with pytest.raises(ValueError, match="present classes"):
+        crf_from_labels(image, labels, 21, present=[7], iterations=1)

@@ -181,8 +181,12 @@ class DeepLab(nn.Module):
                 m.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.freeze_backbone:
+    def forward(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """``images`` (B, 3, H, W) in [0, 1], or the frozen backbone's features ``{"out": ...}``
+        (the feature cache)."""
+        if isinstance(images, dict):
+            feats = images["out"]
+        elif self.freeze_backbone:
             with torch.no_grad():
                 feats = self.backbone(images)["out"]
         else:

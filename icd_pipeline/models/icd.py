@@ -44,7 +44,8 @@ def default_head_channels(backbone_name: str) -> int:
 
 class ICDModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, head_channels: int | None = None,
-                 dropout: float = 0.5, freeze_backbone_bn: bool = False, w_init_std: float = 0.01):
+                 dropout: float = 0.5, freeze_backbone_bn: bool = False, w_init_std: float = 0.01,
+                 cam_head: str = "fc"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -53,12 +54,17 @@ class ICDModel(nn.Module):
         self.head_channels = int(head_channels or default_head_channels(backbone.name))
         self.freeze_backbone_bn = freeze_backbone_bn
         H, C, K = self.head_channels, backbone.icd_channels, num_classes
-        # CAM branch
-        self.fc6 = nn.Conv2d(backbone.out_channels, H, 3, padding=1)
-        self.fc7 = nn.Conv2d(H, H, 1)
-        self.drop6 = nn.Dropout(dropout)
-        self.drop7 = nn.Dropout(dropout)
-        self.fc8 = nn.Conv2d(H, K, 1, bias=True)
+        # CAM branch: "fc" = fc6/fc7/fc8 (the paper's VGG head); "linear" = fc8 alone on the
+        # backbone features (irn's ResNet CAM: a 1x1 classifier, no hidden layers to learn)
+        if cam_head not in ("fc", "linear"):
+            raise ValueError(f"cam_head must be 'fc' or 'linear', got {cam_head!r}")
+        self.cam_head_kind = cam_head
+        if cam_head == "fc":
+            self.fc6 = nn.Conv2d(backbone.out_channels, H, 3, padding=1)
+            self.fc7 = nn.Conv2d(H, H, 1)
+            self.drop6 = nn.Dropout(dropout)
+            self.drop7 = nn.Dropout(dropout)
+        self.fc8 = nn.Conv2d(H if cam_head == "fc" else backbone.out_channels, K, 1, bias=True)
         # ICD branch
         self.bn = nn.BatchNorm2d(C, eps=1e-5, momentum=0.1)
         self.bn.weight.data.fill_(1.0)
@@ -77,7 +83,8 @@ class ICDModel(nn.Module):
     def _init_heads(self, fc: dict[str, torch.Tensor] | None) -> None:
         # N(0, 0.01^2), the official code's initializer for parameters missing from the
         # pretrained file (Kaiming made the CAM logits explode on pretrained features)
-        for conv in (self.fc6, self.fc7, self.fc6_ft, self.fc7_ft):
+        hidden = (self.fc6, self.fc7) if self.cam_head_kind == "fc" else ()
+        for conv in (*hidden, self.fc6_ft, self.fc7_ft):
             nn.init.normal_(conv.weight, 0.0, 0.01)
             nn.init.zeros_(conv.bias)
         nn.init.normal_(self.fc8.weight, 0.0, 0.01)
@@ -86,11 +93,12 @@ class ICDModel(nn.Module):
         self.fc_initialised = False
         if fc is None:
             return
-        if (fc["fc6.weight"].shape == self.fc6.weight.shape and fc["fc7.weight"].shape == self.fc7.weight.shape
-                and fc["fc6.weight"].shape == self.fc6_ft.weight.shape):
+        if (fc["fc6.weight"].shape == self.fc6_ft.weight.shape and fc["fc7.weight"].shape == self.fc7_ft.weight.shape
+                and (self.cam_head_kind != "fc" or fc["fc6.weight"].shape == self.fc6.weight.shape)):
             with torch.no_grad():
                 for prefix in ("fc6", "fc7"):
-                    for target in (getattr(self, prefix), getattr(self, prefix + "_ft")):
+                    targets = (prefix + "_ft",) if self.cam_head_kind != "fc" else (prefix, prefix + "_ft")
+                    for target in (getattr(self, t) for t in targets):
                         target.weight.copy_(fc[f"{prefix}.weight"])
                         target.bias.copy_(fc[f"{prefix}.bias"])
             self.fc_initialised = True
@@ -106,6 +114,8 @@ class ICDModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def cam_head(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.cam_head_kind == "linear":
+            return self.fc8(feats)
         h = self.drop6(F.relu(self.fc6(feats)))
         h = self.drop7(F.relu(self.fc7(h)))
         return self.fc8(h)
@@ -160,7 +170,7 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
         backbone.freeze_stages(int(config["frozen_stages"]))
     model = ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
                      freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01),
-                     dropout=config.get("dropout", 0.5))
+                     dropout=config.get("dropout", 0.5), cam_head=config.get("cam_head", "fc"))
     if not config.get("bn_shift_trainable", True):
         # beta stays 0: the ICD features stay zero-mean, so the boundary w^T x = 0 passes
         # through the feature mean (spec 2.2). In the paper L_td moves beta slowly (lr 1e-3);

@@ -69,10 +69,20 @@ def code_hash(*modules):
 
 
 def deeplab_masks(wildcards):
-    """DeepLab trains on pseudo-masks (targets pseudo, saliency) or ground truth (full)."""
+    """DeepLab trains on pseudo-masks (targets pseudo, saliency) or ground truth (full);
+    from the feature cache when deeplab.feature_cache is on."""
     if wildcards.target in ("pseudo", "saliency"):
-        return {"masks": f"{RES}/pseudo_masks/masks"}
-    return {"manifest": f"{RES}/data/manifest.json"}
+        inputs = {"masks": f"{RES}/pseudo_masks/masks"}
+    else:
+        inputs = {"manifest": f"{RES}/data/manifest.json"}
+    if config["deeplab"]["feature_cache"]:
+        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+    return inputs
+
+
+def cache_arg(wildcards, input):
+    """--feature-cache FILE when the rule's input has the feature cache."""
+    return f"--feature-cache {input.features}" if "features" in input.keys() else ""
 
 
 def mask_dir_arg(wildcards, input):
@@ -109,9 +119,9 @@ def icd_training_inputs(wildcards):
 def feature_cache_config():
     """Only the icd keys that define the cached features (plus seed and device): changing
     lr or epochs retrains the heads without recomputing the cache."""
-    from icd_pipeline.feature_cache import SETTINGS_KEYS
+    from icd_pipeline.feature_cache import BUILD_KEYS
 
-    icd = {k: config["icd"][k] for k in SETTINGS_KEYS + ("num_workers",)}
+    icd = {k: config["icd"][k] for k in BUILD_KEYS}
     return json.dumps(
         {"seed": config["seed"], "device": config["device"], "icd": icd},
         sort_keys=True,

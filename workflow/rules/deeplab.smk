@@ -36,12 +36,13 @@ rule train_deeplab:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
         cfg=stage_config("seed", "device", "deeplab"),
-        code=code_hash("train_deeplab.py", "models", "viz.py"),
+        code=code_hash("train_deeplab.py", "models", "viz.py", "feature_cache.py"),
         root=lambda w: data_root(),
         mask_dir=mask_dir_arg,
+        cache=cache_arg,
     shell:
         "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_deeplab --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {params.split} {params.mask_dir}"
+        " --data-root {params.root} --split {params.split} {params.mask_dir} {params.cache}"
         " --out-dir {params.out} > {log} 2>&1"
 
 

@@ -81,9 +81,7 @@ rule train_icd:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
         eval_split=EVAL_SPLIT,
-        cache=lambda w, input: (
-            f"--feature-cache {input.features}" if "features" in input.keys() else ""
-        ),
+        cache=cache_arg,
         cfg=stage_config("seed", "device", "icd"),
         code=code_hash(
             "train_icd.py",
@@ -120,9 +118,7 @@ rule extract_maps:
         cfg=stage_config("device", "maps"),
         code=code_hash("extract_maps.py", "maps_io.py", "models", "feature_cache.py"),
         root=lambda w: data_root(),
-        cache=lambda w, input: (
-            f"--feature-cache {input.features}" if "features" in input.keys() else ""
-        ),
+        cache=cache_arg,
     shell:
         "python -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"

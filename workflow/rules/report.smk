@@ -7,6 +7,10 @@ rule summarize:
         table=rules.eval_pseudo_masks.output.table,
         deeplab_pseudo=f"{RES}/deeplab/pseudo/summary.json",
         deeplab_full=f"{RES}/deeplab/full/summary.json",
+        classifier=f"{RES}/icd/classifier.json",
+        pseudo_per_class=rules.eval_pseudo_masks.output.per_class,
+        deeplab_pseudo_per_class=f"{RES}/deeplab/pseudo/per_class.csv",
+        deeplab_full_per_class=f"{RES}/deeplab/full/per_class.csv",
         pictures=rules.deeplab_pictures.output,
         grid=rules.pseudo_mask_pictures.output.grid,
     output:
@@ -35,6 +39,9 @@ rule summarize:
         "python -m icd_pipeline.report --dataset {params.dataset} --deeplab-masks {params.masks}"
         " --pseudo-table {input.table} --deeplab-pseudo {input.deeplab_pseudo}"
         " --deeplab-full {input.deeplab_full} --benchmarks {params.bench}"
+        " --classifier {input.classifier} --pseudo-per-class {input.pseudo_per_class}"
+        " --deeplab-pseudo-per-class {input.deeplab_pseudo_per_class}"
+        " --deeplab-full-per-class {input.deeplab_full_per_class}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
 
 
