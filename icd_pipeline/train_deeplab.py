@@ -265,7 +265,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
         # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch), drop_last=True,
-            num_workers=0 if cache is not None else int(section["num_workers"]), pin_memory=device.type == "cuda",
+            num_workers=int(section["num_workers"]), pin_memory=device.type == "cuda",
             persistent_workers=False)
         torch.manual_seed(seed * 100003 + epoch + 7919 * ctx.rank)  # dropout (distinct per process)
         stats = train_one_epoch(net, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,

@@ -266,7 +266,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         dataset.set_epoch(epoch)
         # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = DataLoader(dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch),
-                            drop_last=True, num_workers=0 if cache is not None else int(cfg["num_workers"]),
+                            drop_last=True, num_workers=int(cfg["num_workers"]),
                             pin_memory=amp)
         model.train()
         sums = {k: 0.0 for k in ("loss", "loss_cls", "loss_bu", "loss_td", "td_pos_frac", "target_pos_frac")}
