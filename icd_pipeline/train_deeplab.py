@@ -23,15 +23,17 @@ Recipe (config section ``deeplab``; the CIAN/DeepLab practice of the ICD authors
   default a per-epoch step would keep the learning rate flat for most of the run);
 - ``batch_size`` (the last incomplete batch of an epoch is dropped), ``epochs``, ``num_workers``;
 - ``grad_clip`` (null: off, the recipe): clip each step's total gradient norm to it (after
-  unscaling under AMP); ``clipped_steps`` in metrics.csv counts the clipped steps per epoch;
+  unscaling under AMP); metrics.csv's ``clipped_steps`` counts the clipped steps of an epoch
+  and ``grad_norm`` is their mean norm before clipping;
 - a NaN or infinite loss stops training at that iteration with an error naming the epoch,
   iteration and learning rate (exit status 1; no model.pt / metrics.csv; the checkpoint of the
   last finished epoch is kept).
 
 Outputs in ``--out-dir`` (each written atomically): ``model.pt`` (weights and metadata: model,
 backbone, class names, the ``deeplab`` config section; written last), ``metrics.csv`` (per
-epoch: epoch, backbone lr at the epoch's start (the head's is ``head_lr_mult`` times it), mean loss, pixel accuracy on the training crops, images
-per second, seconds), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
+epoch: epoch, backbone lr at the epoch's start (the head's is ``head_lr_mult`` times it), mean
+loss, pixel accuracy on the training crops, images per second, seconds, clipped_steps,
+grad_norm), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
 metrics after every epoch). Rerun with the same inputs and config, training resumes from
 ``checkpoints/last.pt``; a checkpoint written with another config, split or mask folder is
 ignored (training starts over). Data order, augmentation and dropout are seeded per epoch
@@ -62,11 +64,11 @@ from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .misc.stability import (NonFiniteLossError, backward_step, check_finite_losses, divergence_advice,
-                              was_clipped)
+                              ClipLog)
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
 
 LOG = get_logger("train_deeplab")
-METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps")
+METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")
 POLY_POWER = 0.9
 
 
@@ -149,7 +151,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     it = it0
     start = time.time()
     lr0 = None
-    clipped = 0
+    clip_log = ClipLog(grad_clip)
     bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
     for i, batch in enumerate(bar):
         factor = set_lr(optimizer, it, total_its)
@@ -163,7 +165,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         check_finite_losses({"loss": loss}, iteration=i + 1, iterations=len(loader),
                             lr=f"{base_lr * factor:.3g} (deeplab.lr {base_lr:g} after the poly schedule; "
                             "x head_lr_mult on the head)", **divergence)
-        clipped += was_clipped(backward_step(loss, optimizer, scaler, model.parameters(), grad_clip), grad_clip)
+        clip_log.add(backward_step(loss, optimizer, scaler, model.parameters(), grad_clip))
         with torch.no_grad():
             keep = target != VOID
             correct += int(((up.argmax(1) == target) & keep).sum())
@@ -184,7 +186,8 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
         "iterations": it - it0,
-        "clipped_steps": clipped,
+        **clip_log.metrics(),
+        "clip_log": clip_log.describe(),
     }
 
 
@@ -263,14 +266,13 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
                                 progress=progress, desc=f"epoch {epoch + 1}/{epochs}", world_size=ctx.world_size,
                                 grad_clip=grad_clip, base_lr=float(section["lr"]), divergence=divergence)
         row = {"epoch": epoch + 1, "lr": float(section["lr"]) * stats["lr_factor"],
-               **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps")}}
+               **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")}}
         rows.append(row)
         if not ctx.is_main:
             continue
         LOG.info("epoch %d/%d: loss %.4f, pixel acc %.4f, lr %.2e, %.1f images/s, %.1f s%s", epoch + 1, epochs,
                  row["loss"], row["pixel_acc"], row["lr"], row["images_per_s"], row["seconds"],
-                 "" if grad_clip is None else f", gradient norm clipped to {grad_clip:g} in "
-                 f"{row['clipped_steps']}/{stats['iterations']} steps")
+                 stats["clip_log"])
         with atomic_path(ckpt_path) as tmp:
             torch.save({"epoch": epoch + 1, "fingerprint": fp, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),

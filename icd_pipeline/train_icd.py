@@ -12,7 +12,8 @@ OMP_NUM_THREADS threads.
 A NaN or infinite loss term stops training at that iteration with an error naming the epoch,
 iteration, term and learning rate (exit status 1; no model.pt / metrics.csv; the checkpoint of
 the last finished epoch is kept). ``grad_clip`` (null: off, the paper's recipe) clips the total
-gradient norm of each step; ``clipped_steps`` in metrics.csv counts the clipped steps per epoch.
+gradient norm of each step; metrics.csv's ``clipped_steps`` counts the clipped steps of an epoch
+and ``grad_norm`` is their mean norm before clipping.
 
 One training step (spec 2.7): L = L_cls + L_bu + omega(k) L_td, where L_bu (x bu_weight)
 trains only the directions W on single-label images, the sign EMA and superpixel refinement
@@ -45,12 +46,13 @@ from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .misc.stability import (NonFiniteLossError, backward_step, check_finite_losses, divergence_advice,
-                              was_clipped)
+                              ClipLog)
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
 
 LOG = get_logger("train_icd")
 METRIC_COLUMNS = ("epoch", "lr", "loss", "loss_cls", "loss_bu", "loss_td", "warmup", "train_map",
-                  "td_pos_frac", "target_pos_frac", "sign_neg", "images_per_s", "seconds", "clipped_steps")
+                  "td_pos_frac", "target_pos_frac", "sign_neg", "images_per_s", "seconds",
+                  "clipped_steps", "grad_norm")
 LOSS_TERMS = ("loss_cls", "loss_bu", "loss_td", "loss")  # checked every iteration (misc.stability)
 PLOT_COLUMNS = ("loss_cls", "loss_bu", "loss_td", "train_map")
 
@@ -233,7 +235,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         t0 = time.time()
         omega = warmup_weight(it, warmup_iters)
         sign_neg = 0.0
-        clipped = 0
+        clip_log = ClipLog(grad_clip)
         advice = divergence_advice("icd", cfg, ckpt_path, epoch)  # what a non-finite loss error suggests
         bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
                    disable=not ctx.is_main)
@@ -248,7 +250,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                                 lr=f"{lr:.3g} (icd.lr {cfg['lr']:g} after the poly schedule; x10 on fc8/conv_ft)",
                                 **advice)
             norm = backward_step(res["loss"], optimizer, scaler, model.parameters(), grad_clip)
-            clipped += was_clipped(norm, grad_clip)
+            clip_log.add(norm)
             it += 1
             for k in sums:
                 v = res[k]
@@ -267,13 +269,12 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         row = {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in sums.items()}, "warmup": omega,
                "train_map": average_precision(scores.numpy(), labels.numpy()),
                "sign_neg": sign_neg, "images_per_s": iters_per_epoch * bs / max(seconds, 1e-9), "seconds": seconds,
-               "clipped_steps": clipped}
+               **clip_log.metrics()}
         rows.append(row)
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s%s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds,
-                 "" if grad_clip is None else f", gradient norm clipped to {grad_clip:g} in {clipped}/"
-                 f"{iters_per_epoch} steps")
+                 clip_log.describe())
         if not ctx.is_main:
             continue
         _write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end

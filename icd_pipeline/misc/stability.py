@@ -94,10 +94,35 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
     return norm
 
 
-def was_clipped(norm: float | None, grad_clip: float | None) -> bool:
-    """Whether ``backward_step`` scaled the gradients down (a finite norm above the limit;
-    a non-finite AMP norm is a step GradScaler skips, not a clip)."""
-    return norm is not None and grad_clip is not None and math.isfinite(norm) and norm > grad_clip
+class ClipLog:
+    """One epoch's record of ``backward_step``'s norms: the steps clipped (a finite norm above
+    ``grad_clip``; a non-finite AMP norm is a step GradScaler skips, not a clip) and the mean
+    gradient norm before clipping (to choose ``grad_clip``). Without clipping it stays empty."""
+
+    def __init__(self, grad_clip: float | None):
+        self.grad_clip = grad_clip
+        self.steps = self.clipped = self._finite = 0
+        self._norm_sum = 0.0
+
+    def add(self, norm: float | None) -> None:
+        self.steps += 1
+        if norm is None or not math.isfinite(norm):
+            return
+        self._finite += 1
+        self._norm_sum += norm
+        self.clipped += int(self.grad_clip is not None and norm > self.grad_clip)
+
+    def metrics(self) -> dict:
+        """metrics.csv columns: clipped_steps, grad_norm (blank without clipping)."""
+        return {"clipped_steps": self.clipped,
+                "grad_norm": self._norm_sum / self._finite if self._finite else ""}
+
+    def describe(self) -> str:
+        """Suffix of the epoch's log line ('' without clipping)."""
+        if self.grad_clip is None:
+            return ""
+        mean = f"{self._norm_sum / self._finite:.3g}" if self._finite else "n/a"
+        return f", gradient norm mean {mean}, clipped to {self.grad_clip:g} in {self.clipped}/{self.steps} steps"
 
 
-__all__ = ["NonFiniteLossError", "check_finite_losses", "divergence_advice", "backward_step", "was_clipped"]
+__all__ = ["NonFiniteLossError", "check_finite_losses", "divergence_advice", "backward_step", "ClipLog"]
