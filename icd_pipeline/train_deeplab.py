@@ -63,8 +63,8 @@ from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCL
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
-from .misc.stability import (NonFiniteLossError, backward_step, check_finite_losses, divergence_advice,
-                              ClipLog)
+from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
+                              divergence_advice)
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
 
 LOG = get_logger("train_deeplab")

@@ -45,8 +45,8 @@ from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
-from .misc.stability import (NonFiniteLossError, backward_step, check_finite_losses, divergence_advice,
-                              ClipLog)
+from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
+                              divergence_advice)
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
 
 LOG = get_logger("train_icd")

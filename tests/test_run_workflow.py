@@ -1,9 +1,11 @@
 """A config file with a YAML syntax error given to Snakemake: what Snakemake 9 says by itself
-(README: only with --verbose does the position show), and the wrapper that names FILE:LINE:COLUMN
-before Snakemake starts (real `snakemake -n` runs)."""
+(README: only with --verbose does the position show), the wrapper that names FILE:LINE:COLUMN
+before Snakemake starts, and the Snakefile's own check of the default config.yaml (real
+`snakemake -n` runs)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -59,3 +61,12 @@ def test_wrapper_runs_snakemake_when_the_files_parse(tmp_path):
     ok = run(wrapper_cmd(tmp_path, "-n", "--cores", "1", "all", "--configfile", str(TINY)), ROOT)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     assert {"train_icd", "train_deeplab", "summarize"} <= jobs_in_dry_run(ok)
+
+
+def test_broken_default_config_is_named_by_the_snakefile(tmp_path):
+    """config.yaml beside the Snakefile is read by the Snakefile itself: FILE:LINE:COLUMN."""
+    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    (tmp_path / "config.yaml").write_text(BROKEN_YAML)
+    proc = run(snakemake_cmd(tmp_path / "work", "-n", snakefile=tmp_path / "Snakefile"), tmp_path)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'config.yaml'}:4:5: YAML syntax error: expected ',' or ']'" in proc.stdout + proc.stderr
