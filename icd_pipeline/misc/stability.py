@@ -71,12 +71,12 @@ def divergence_advice(key: str, section: dict, checkpoint, finished_epochs: int)
 
 def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                   parameters: Iterable[torch.nn.Parameter], grad_clip: float | None) -> float | None:
-    """``loss.backward()`` (scaled when ``scaler`` is an enabled GradScaler), clip the total
-    gradient norm of ``parameters`` to ``grad_clip`` when it is set, then step.
+    """Zero the gradients, ``loss.backward()`` (scaled when ``scaler`` is an enabled
+    GradScaler), clip the total gradient norm of ``parameters`` to ``grad_clip`` when it is
+    set, then step.
 
     Returns the total gradient norm before clipping (unscaled), or None without clipping. The
     norm is inf/NaN when AMP's gradients overflowed: GradScaler then skips this step itself.
-    The caller zeroes the gradients before the forward pass or here, as it likes.
     """
     amp = scaler is not None and scaler.is_enabled()
     optimizer.zero_grad(set_to_none=True)
