@@ -7,6 +7,13 @@
 # Stages: data -> superpixels -> icd -> maps -> pseudo_masks -> deeplab -> report.
 import os
 
+from icd_pipeline.config import load_yaml
+
+# Snakemake reports a YAML syntax error as "not valid JSON or YAML", with no file or line: read
+# the default config first, so that it stops with FILE:LINE:COLUMN. (--configfile files are read
+# before this file runs: `python -m icd_pipeline.run_workflow` checks those; README.)
+load_yaml(os.path.join(workflow.basedir, "config.yaml"))
+
 
 # The default config sits beside this file, so `--directory` and `--snakefile` work from anywhere;
 # --configfile / --config override it.

@@ -106,14 +106,30 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def yaml_error_message(path: str | Path, exc: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN: YAML syntax error: PROBLEM (CONTEXT at line L, column C)``, 1-based,
+    the position where the parser found the problem (editors and terminals jump to it)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:  # e.g. a ReaderError (bytes that are not UTF-8): no line to point at
+        return f"{path}: not valid YAML ({exc})"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    problem = getattr(exc, "problem", None) or "syntax error"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    extra = f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})" if context and cmark else ""
+    tabs = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+    return f"{where}: YAML syntax error: {problem}{extra}{tabs}"
+
+
 def load_yaml(path: str | Path) -> dict:
+    """Read one config file: a missing file, a YAML syntax error (named FILE:LINE:COLUMN) or a
+    top level that is not a mapping raise ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(yaml_error_message(path, exc)) from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

@@ -21,12 +21,19 @@ Recipe (config section ``deeplab``; the CIAN/DeepLab practice of the ICD authors
   backbone and ``lr * head_lr_mult`` for the head; poly schedule with power 0.9 stepped **per
   iteration** (lr_i = lr * (1 - i / total_iterations) ** 0.9): with the few epochs of the CPU
   default a per-epoch step would keep the learning rate flat for most of the run);
-- ``batch_size`` (the last incomplete batch of an epoch is dropped), ``epochs``, ``num_workers``.
+- ``batch_size`` (the last incomplete batch of an epoch is dropped), ``epochs``, ``num_workers``;
+- ``grad_clip`` (null: off, the recipe): clip each step's total gradient norm to it (after
+  unscaling under AMP); metrics.csv's ``clipped_steps`` counts the clipped steps of an epoch
+  and ``grad_norm`` is their mean norm before clipping;
+- a NaN or infinite loss stops training at that iteration with an error naming the epoch,
+  iteration and learning rate (exit status 1; no model.pt / metrics.csv; the checkpoint of the
+  last finished epoch is kept).
 
 Outputs in ``--out-dir`` (each written atomically): ``model.pt`` (weights and metadata: model,
 backbone, class names, the ``deeplab`` config section; written last), ``metrics.csv`` (per
-epoch: epoch, backbone lr at the epoch's start (the head's is ``head_lr_mult`` times it), mean loss, pixel accuracy on the training crops, images
-per second, seconds), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
+epoch: epoch, backbone lr at the epoch's start (the head's is ``head_lr_mult`` times it), mean
+loss, pixel accuracy on the training crops, images per second, seconds, clipped_steps,
+grad_norm), ``loss_curve.png`` and ``checkpoints/last.pt`` (model, optimizer and
 metrics after every epoch). Rerun with the same inputs and config, training resumes from
 ``checkpoints/last.pt``; a checkpoint written with another config, split or mask folder is
 ignored (training starts over). Data order, augmentation and dropout are seeded per epoch
@@ -47,7 +54,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -58,10 +64,12 @@ from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
+                              divergence_advice)
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
 
 LOG = get_logger("train_deeplab")
-METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds")
+METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")
 POLY_POWER = 0.9
 
 
@@ -129,7 +137,12 @@ def check_masks(dataset) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,
-                    progress: bool = True, desc: str = "epoch", world_size: int = 1) -> dict:
+                    progress: bool = True, desc: str = "epoch", world_size: int = 1,
+                    grad_clip: float | None = None, base_lr: float = 1.0, divergence: dict | None = None) -> dict:
+    """One pass over ``loader``; a non-finite loss raises NonFiniteLossError naming the
+    iteration, the learning rate (``base_lr`` times the poly factor) and ``divergence``'s epoch,
+    epochs, hint and note (misc.stability.check_finite_losses). ``grad_clip``: max gradient norm."""
+    divergence = {"stage": "train_deeplab", "epoch": 1, "epochs": 1, **(divergence or {})}
     model.train()
     use_amp = device.type == "cuda"
     loss_sum = 0.0
@@ -139,8 +152,9 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     it = it0
     start = time.time()
     lr0 = None
+    clip_log = ClipLog(grad_clip)
     bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
-    for batch in bar:
+    for i, batch in enumerate(bar):
         factor = set_lr(optimizer, it, total_its)
         lr0 = factor if lr0 is None else lr0
         if "out" in batch:  # frozen-backbone features from the cache
@@ -152,14 +166,10 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
             logits = model(images)
         up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = segmentation_loss(up, target, world_size)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        check_finite_losses({"loss": loss}, iteration=i + 1, iterations=len(loader),
+                            lr=f"{base_lr * factor:.3g} (deeplab.lr {base_lr:g} after the poly schedule; "
+                            "x head_lr_mult on the head)", **divergence)
+        clip_log.add(backward_step(loss, optimizer, scaler, model.parameters(), grad_clip))
         with torch.no_grad():
             keep = target != VOID
             correct += int(((up.argmax(1) == target) & keep).sum())
@@ -180,6 +190,8 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
         "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
         "iterations": it - it0,
+        **clip_log.metrics(),
+        "clip_log": clip_log.describe(),
     }
 
 
@@ -235,6 +247,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
     net = D.wrap_ddp(model, ctx)
     optimizer = make_optimizer(model, section)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    grad_clip = None if section.get("grad_clip") is None else float(section["grad_clip"])
 
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     fp = fingerprint(section, seed, split, mask_dir, str(data_root))
@@ -268,17 +281,18 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
             num_workers=int(section["num_workers"]), pin_memory=device.type == "cuda",
             persistent_workers=False)
         torch.manual_seed(seed * 100003 + epoch + 7919 * ctx.rank)  # dropout (distinct per process)
+        divergence = {"epoch": epoch + 1, "epochs": epochs, **divergence_advice("deeplab", section, ckpt_path, epoch)}
         stats = train_one_epoch(net, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
-                                progress=progress, desc=f"epoch {epoch + 1}/{epochs}", world_size=ctx.world_size)
+                                progress=progress, desc=f"epoch {epoch + 1}/{epochs}", world_size=ctx.world_size,
+                                grad_clip=grad_clip, base_lr=float(section["lr"]), divergence=divergence)
         row = {"epoch": epoch + 1, "lr": float(section["lr"]) * stats["lr_factor"],
-               **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds")}}
-        if not np.isfinite(row["loss"]):
-            raise FloatingPointError(f"loss is {row['loss']} at epoch {epoch + 1}: lower deeplab.lr")
+               **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")}}
         rows.append(row)
         if not ctx.is_main:
             continue
-        LOG.info("epoch %d/%d: loss %.4f, pixel acc %.4f, lr %.2e, %.1f images/s, %.1f s", epoch + 1, epochs,
-                 row["loss"], row["pixel_acc"], row["lr"], row["images_per_s"], row["seconds"])
+        LOG.info("epoch %d/%d: loss %.4f, pixel acc %.4f, lr %.2e, %.1f images/s, %.1f s%s", epoch + 1, epochs,
+                 row["loss"], row["pixel_acc"], row["lr"], row["images_per_s"], row["seconds"],
+                 stats["clip_log"])
         with atomic_path(ckpt_path) as tmp:
             torch.save({"epoch": epoch + 1, "fingerprint": fp, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
@@ -315,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         row = train(config, args.data_root, args.split, args.mask_dir or None, args.out_dir,
                     progress=not args.no_progress, feature_cache=args.feature_cache)
-    except (DataError, ConfigError, CacheError, ValueError, FloatingPointError) as exc:
+    except (DataError, ConfigError, CacheError, ValueError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(row))

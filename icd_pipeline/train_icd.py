@@ -9,6 +9,12 @@ Reads the ``icd`` section (and ``seed``, ``device``). Writes ``model.pt`` (final
 from the next epoch). CUDA runs use torch.autocast + GradScaler; CPU runs use
 OMP_NUM_THREADS threads.
 
+A NaN or infinite loss term stops training at that iteration with an error naming the epoch,
+iteration, term and learning rate (exit status 1; no model.pt / metrics.csv; the checkpoint of
+the last finished epoch is kept). ``grad_clip`` (null: off, the paper's recipe) clips the total
+gradient norm of each step; metrics.csv's ``clipped_steps`` counts the clipped steps of an epoch
+and ``grad_norm`` is their mean norm before clipping.
+
 One training step (spec 2.7): L = L_cls + L_bu + omega(k) L_td, where L_bu (x bu_weight)
 trains only the directions W on single-label images, the sign EMA and superpixel refinement
 build the top-down targets without gradient, and omega ramps up over ``warmup_epochs``.
@@ -41,11 +47,15 @@ from .misc import distributed as D
 from .feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen
 from .misc.io import atomic_path, write_csv_rows, write_json
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
+                              divergence_advice)
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
 
 LOG = get_logger("train_icd")
 METRIC_COLUMNS = ("epoch", "lr", "loss", "loss_cls", "loss_bu", "loss_td", "warmup", "train_map",
-                  "td_pos_frac", "target_pos_frac", "sign_neg", "images_per_s", "seconds")
+                  "td_pos_frac", "target_pos_frac", "sign_neg", "images_per_s", "seconds",
+                  "clipped_steps", "grad_norm")
+LOSS_TERMS = ("loss_cls", "loss_bu", "loss_td", "loss")  # checked every iteration (misc.stability)
 PLOT_COLUMNS = ("loss_cls", "loss_bu", "loss_td", "train_map")
 
 
@@ -231,6 +241,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     optimizer = torch.optim.SGD(param_groups(model, cfg["lr"], cfg["weight_decay"]), lr=cfg["lr"],
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    grad_clip = None if cfg.get("grad_clip") is None else float(cfg["grad_clip"])
     identity = {"config": dict(cfg), "seed": seed, "data_root": str(Path(data_root).resolve()), "split": split,
                 "superpixels": str(superpixels_path) if superpixels_path else f"grid:{grid_superpixels}",
                 "feature_cache": str(feature_cache) if feature_cache else None}
@@ -274,9 +285,11 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         t0 = time.time()
         omega = warmup_weight(it, warmup_iters)
         sign_neg = 0.0
+        clip_log = ClipLog(grad_clip)
+        advice = divergence_advice("icd", cfg, ckpt_path, epoch)  # what a non-finite loss error suggests
         bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
                    disable=not ctx.is_main)
-        for batch in bar:
+        for i, batch in enumerate(bar):
             if cache is not None:  # the heads' inputs straight from the cache
                 images = {"out": batch["out"].to(device, non_blocking=True),
                           "icd": batch["icd"].to(device, non_blocking=True)}
@@ -286,10 +299,12 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             sp = batch["superpixels"].to(device)
             omega = warmup_weight(it, warmup_iters)
             res = train_step(model, images, y, sp, cfg, omega, amp, net=net)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(res["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            check_finite_losses({k: res[k] for k in LOSS_TERMS}, stage="train_icd", epoch=epoch + 1, epochs=epochs,
+                                iteration=i + 1, iterations=iters_per_epoch,
+                                lr=f"{lr:.3g} (icd.lr {cfg['lr']:g} after the poly schedule; x10 on fc8/conv_ft)",
+                                **advice)
+            norm = backward_step(res["loss"], optimizer, scaler, model.parameters(), grad_clip)
+            clip_log.add(norm)
             it += 1
             for k in sums:
                 v = res[k]
@@ -307,11 +322,13 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         labels = D.all_gather_cat(torch.cat(labels).to(device), ctx).cpu()
         row = {"epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in sums.items()}, "warmup": omega,
                "train_map": average_precision(scores.numpy(), labels.numpy()),
-               "sign_neg": sign_neg, "images_per_s": iters_per_epoch * bs / max(seconds, 1e-9), "seconds": seconds}
+               "sign_neg": sign_neg, "images_per_s": iters_per_epoch * bs / max(seconds, 1e-9), "seconds": seconds,
+               **clip_log.metrics()}
         rows.append(row)
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
-                 "%.1f img/s, %.0f s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
-                 omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds)
+                 "%.1f img/s, %.0f s%s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
+                 omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds,
+                 clip_log.describe())
         if not ctx.is_main:
             continue
         _write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
@@ -365,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         train(config, args.data_root, args.split, args.out_dir, args.superpixels, args.grid_superpixels,
               feature_cache=args.feature_cache, eval_split=args.eval_split)
-    except (DataError, ConfigError, CheckpointError, CacheError, ValueError, RuntimeError) as exc:
+    except (DataError, ConfigError, CheckpointError, CacheError, ValueError, RuntimeError,
+            NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

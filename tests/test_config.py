@@ -67,3 +67,30 @@ def test_cli_strings_are_coerced_to_schema_types():
     bad = coerce_cli_strings({"icd": {"epochs": "ten"}})
     with pytest.raises(ConfigError, match="icd.epochs"):
         validate(bad)
+
+
+BROKEN_YAML = "icd:\n  lr: 0.1\n  scales: [1, 2\nmaps: {}\n"  # the flow sequence is never closed
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN_YAML)
+    with pytest.raises(ConfigError) as err:
+        load_config([ROOT / "config.yaml", broken])
+    assert str(err.value) == (f"{broken}:4:5: YAML syntax error: expected ',' or ']', but got ':' "
+                              "(while parsing a flow sequence at line 3, column 11)")
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("icd:\n\tlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"tabs\.yaml:2:1: YAML syntax error: .*YAML indents with spaces, not tabs"):
+        load_config([tabs])
+
+
+def test_entry_point_names_the_broken_line(tmp_path, capsys):
+    from icd_pipeline import train_icd
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN_YAML)
+    assert train_icd.main(["--config", str(broken), "--data-root", str(tmp_path), "--grid-superpixels", "8",
+                           "--out-dir", str(tmp_path / "out")]) == 1
+    assert f"error: {broken}:4:5: YAML syntax error" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
