@@ -21,7 +21,7 @@ from PIL import Image
 from icd_pipeline.data import coco, prepare
 from icd_pipeline.data import download as dl
 from icd_pipeline.data.voc import VOID, DataError, VOCLayout, read_mask
-from smk import TINY, run_snakemake
+from smk import TINY, jobs_in_dry_run, run_snakemake
 from test_download_prepare import _md5, _Server
 
 pytest.importorskip("pycocotools")
@@ -375,17 +375,41 @@ def test_unsafe_zip_and_bad_annotation_file(tmp_path):
 # --------------------------------------------------------------------------- the DAG
 
 
-def test_tiny_dag_on_coco(server, coco_zips, tmp_path):
-    """download_coco -> prepare_coco -> superpixels -> train_icd -> extract_maps ->
-    pseudo-masks with their evaluation, through snakemake, on the tiny COCO (81 labels).
-    Stops at the pseudo_masks target: DeepLab adds nothing COCO-specific and ~20 s."""
-    download = _download_cfg(server, coco_zips)
+def _dag_config(server, coco_zips, tmp_path) -> Path:
     cfg = tmp_path / "coco.yaml"
     cfg.write_text(yaml.safe_dump({
-        "dataset": _dataset(download),
+        "dataset": _dataset(_download_cfg(server, coco_zips)),
         "icd": {"batch_size": 2, "epochs": 1},
         "maps": {"batch_size": 2},
     }))
+    return cfg
+
+
+def test_tiny_dag_on_coco_data_stage_and_dry_run(server, coco_zips, tmp_path):
+    """The data stage (download_coco, prepare_coco) through snakemake, then a dry run of
+    `all` on its output: every later stage is scheduled on the COCO folder. (The whole DAG
+    to pseudo-masks takes about 65 s on 2 cores: the next test, opt-in.)"""
+    cfg = _dag_config(server, coco_zips, tmp_path)
+    proc = run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", f"--configfile={cfg}", "data")
+    assert {"download_coco", "prepare_coco"} <= jobs_in_dry_run(proc)
+    res = tmp_path / "results" / "tinycoco"
+    manifest = json.loads((res / "data" / "manifest.json").read_text())
+    assert manifest["source"] == "coco2014" and manifest["splits"]["train"] == 3
+    VOCLayout.open(res / "data").validate("train")
+    proc = run_snakemake(tmp_path, "-n", f"--configfile={TINY}", f"--configfile={cfg}", "all")
+    jobs = jobs_in_dry_run(proc)
+    assert {"superpixels", "train_icd", "extract_maps", "make_pseudo_masks", "eval_pseudo_masks",
+            "train_deeplab", "infer_deeplab", "summarize"} <= jobs
+    assert not jobs & {"download_coco", "prepare_coco", "make_embedded_dataset", "download_voc"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ICD_COCO_DAG"), reason="about 65 s; set ICD_COCO_DAG=1")
+def test_tiny_dag_on_coco(server, coco_zips, tmp_path):
+    """download_coco -> prepare_coco -> superpixels -> train_icd -> extract_maps ->
+    pseudo-masks with their evaluation, through snakemake, on the tiny COCO (81 labels).
+    Stops at the pseudo_masks target: DeepLab adds nothing COCO-specific."""
+    cfg = _dag_config(server, coco_zips, tmp_path)
     t0 = time.time()
     run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", f"--configfile={cfg}", "pseudo_masks")
     res = tmp_path / "results" / "tinycoco"
