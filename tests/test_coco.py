@@ -312,6 +312,10 @@ def test_download_and_prepare_coco_end_to_end(server, coco_zips, tmp_path, capsy
     assert sorted(p.stem for p in (out2 / "SegmentationClass").iterdir()) == listed
     assert sorted(p.stem for p in (out2 / "JPEGImages").iterdir()) == listed
 
+    with pytest.raises(DataError, match=r"dataset.coco.eval_size: subset of 3 images asked, only 2"):
+        coco.prepare_coco(images, annotations, tmp_path / "data4", eval_size=3, progress=False)
+    assert not (tmp_path / "data4").exists()
+
     # wrong expected counts: error naming them before any conversion, no output folder
     bad = dict(dataset, expected_counts=None)  # null: the real COCO 2014 counts
     capsys.readouterr()

@@ -351,7 +351,11 @@ def prepare_coco(images_roots: dict[str, str | Path], annotations_dir: str | Pat
             raise DataError(f"{ann_path}: categories differ from those of instances_train2014.json")
         annotated, empty = index.annotated(), index.empty()
         counts.update({folder: len(index.images), name: len(annotated), f"{name}_empty": len(empty)})
-        lists[name] = select_subset(annotated, sizes[name], subset_seed)
+        try:
+            lists[name] = select_subset(annotated, sizes[name], subset_seed)
+        except DataError as exc:
+            key = "train_size" if name == "train" else "eval_size"
+            raise DataError(f"dataset.coco.{key}: {exc} in {ann_path}") from exc
         lists[f"{name}_empty"] = empty
         indexes[name] = index
     # both files are read before any image is converted, so a wrong file or count fails in
