@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import time
 import zipfile
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
