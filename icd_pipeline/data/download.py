@@ -72,7 +72,8 @@ SBD_URLS = [
 ]
 SBD_MD5 = "82b4d87ceb2ed10f6038a1cba92111cb"
 # COCO 2014 (source coco2014): images.cocodataset.org is an S3 bucket, also reachable by its
-# S3 path; md5s as published with the archives (e.g. torchvision-style loaders, pystiche).
+# S3 path. The md5s are those public COCO loaders check (e.g. pystiche, LAVIS); the
+# annotations' equals the S3 ETag of its object. Defaults, also in the schema.
 COCO_TRAIN2014_URLS = [
     "http://images.cocodataset.org/zips/train2014.zip",
     "https://s3.amazonaws.com/images.cocodataset.org/zips/train2014.zip",
