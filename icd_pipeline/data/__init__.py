@@ -1,1 +1,1 @@
-"""Datasets: VOC layout reader, embedded dataset generator, VOC/SBD download and preparation."""
+"""Datasets: VOC layout reader, embedded dataset generator, VOC/SBD and COCO 2014 download and preparation."""

@@ -1,4 +1,5 @@
-"""Download VOC 2012 and SBD: mirrors, resume, md5 check, safe extraction.
+"""Download a dataset's archives (VOC 2012 + SBD, or COCO 2014): mirrors, resume, md5
+check, safe extraction.
 
 ``download(urls, dest, md5)`` tries each mirror in order (``http(s)://``, ``file://`` or a
 plain local path). HTTP transfers go to ``dest.part`` and resume with ``Range: bytes=N-``
@@ -7,18 +8,21 @@ range (200 instead of 206) restarts the file from 0. The md5 is checked before t
 renamed to ``dest``: a mismatch deletes the file and names the URL and both sums. When every
 mirror fails, the error names each URL and its error.
 
-``safe_extract(archive, target_dir)`` extracts a tar (any compression) into a temporary
-folder beside ``target_dir`` and renames it on success. Absolute paths, ``..`` components,
-links pointing outside the archive and device files are refused (explicitly, and by
-tarfile's ``data`` filter where Python has it); a refused archive leaves nothing behind.
+``safe_extract(archive, target_dir)`` extracts a tar (any compression) or a zip into a
+temporary folder beside ``target_dir`` and renames it on success. Absolute paths, ``..``
+components, links pointing outside the archive (tar; a zip may hold no link at all) and
+device files are refused (explicitly, and by tarfile's ``data`` filter where Python has it);
+a refused archive leaves nothing behind.
 
-Entry point (the ``download_voc`` rule)::
+Entry point (the ``download_voc`` / ``download_coco`` rules)::
 
     python -m icd_pipeline.data.download --config-json JSON --out-dir results/voc2012/downloads
 
-downloads and extracts ``dataset.download.voc`` into ``OUT/voc/`` and
-``dataset.download.sbd`` into ``OUT/sbd/``, then writes ``OUT/extracted.json`` last
-(``{"voc": {"root": "voc/VOCdevkit/VOC2012", ...}, "sbd": {"root": ..., ...}}``, roots
+downloads and extracts the archives of ``dataset.source`` (``ARCHIVE_SETS``): for
+``voc2012``, ``dataset.download.voc`` into ``OUT/voc/`` and ``dataset.download.sbd`` into
+``OUT/sbd/``; for ``coco2014``, ``dataset.download.coco_train2014`` / ``coco_val2014`` /
+``coco_annotations`` into ``OUT/coco_train2014/`` etc. It then writes ``OUT/extracted.json``
+last (``{"voc": {"root": "voc/VOCdevkit/VOC2012", ...}, "sbd": {"root": ..., ...}}``, roots
 relative to OUT). A rerun skips an archive whose extraction is already there for the same md5.
 """
 
@@ -30,13 +34,16 @@ import http.client
 import json
 import os
 import posixpath
+import shutil
 import socket
+import stat
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -64,6 +71,24 @@ SBD_URLS = [
     "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
 ]
 SBD_MD5 = "82b4d87ceb2ed10f6038a1cba92111cb"
+# COCO 2014 (source coco2014): images.cocodataset.org is an S3 bucket, also reachable by its
+# S3 path. The md5s are those public COCO loaders check (e.g. pystiche, LAVIS); the
+# annotations' equals the S3 ETag of its object. Defaults, also in the schema.
+COCO_TRAIN2014_URLS = [
+    "http://images.cocodataset.org/zips/train2014.zip",
+    "https://s3.amazonaws.com/images.cocodataset.org/zips/train2014.zip",
+]
+COCO_TRAIN2014_MD5 = "0da8c0bd3d6becc4dcb32757491aca88"
+COCO_VAL2014_URLS = [
+    "http://images.cocodataset.org/zips/val2014.zip",
+    "https://s3.amazonaws.com/images.cocodataset.org/zips/val2014.zip",
+]
+COCO_VAL2014_MD5 = "a3d79f5ed8d289b7a7554ce06a5782b3"
+COCO_ANNOTATIONS_URLS = [
+    "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    "https://s3.amazonaws.com/images.cocodataset.org/annotations/annotations_trainval2014.zip",
+]
+COCO_ANNOTATIONS_MD5 = "0a379cfc70b0e71301e0f377548639bd"
 
 
 class _Incomplete(Exception):
@@ -266,9 +291,44 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, bar: tqdm) -> Iterator
         yield member
 
 
+def _unsafe_zip_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member may not be extracted, or None when it is safe."""
+    name = info.filename
+    reason = _unsafe_reason(tarfile.TarInfo(name))  # the same path rules as a tar member
+    if reason is not None:
+        return reason
+    mode = info.external_attr >> 16  # Unix mode where the archiver recorded one
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+        return "device or FIFO"
+    return None
+
+
+def _extract_zip(archive: Path, tmp: Path, bar: tqdm) -> None:
+    """Every member of a zip into ``tmp``, each checked before anything is written."""
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for info in members:  # check all first: a refused archive writes nothing
+            reason = _unsafe_zip_reason(info)
+            if reason is not None:
+                raise DataError(f"{archive}: refusing to extract member {info.filename!r}: {reason}")
+        bar.reset(total=len(members))
+        for info in members:
+            dest = tmp.joinpath(*PurePosixPath(info.filename).parts)
+            if info.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as fin, open(dest, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, CHUNK)
+            bar.update(1)
+
+
 def safe_extract(archive: str | Path, target_dir: str | Path, progress: bool = True,
                  marker: str | None = None) -> Path:
-    """Extract ``archive`` into ``target_dir`` (replaced as a whole on success).
+    """Extract ``archive`` (a tar, any compression, or a zip) into ``target_dir`` (replaced
+    as a whole on success).
 
     Every member is checked before it is written; a refused or broken archive raises
     DataError and leaves neither ``target_dir`` nor a temporary folder behind. ``marker``:
@@ -277,15 +337,22 @@ def safe_extract(archive: str | Path, target_dir: str | Path, progress: bool = T
     archive, target_dir = Path(archive), Path(target_dir)
     if not archive.is_file():
         raise DataError(f"{archive}: archive is missing")
+    is_zip = zipfile.is_zipfile(archive)
     kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
-        with atomic_dir(target_dir) as tmp, tarfile.open(archive, "r|*") as tar, \
+        with atomic_dir(target_dir) as tmp, \
                 tqdm(unit=" files", file=sys.stderr, desc=f"extract {archive.name}",
                      disable=not progress) as bar:
-            tar.extractall(tmp, members=_checked_members(tar, archive, bar), **kwargs)
+            if is_zip:
+                _extract_zip(archive, tmp, bar)
+            else:
+                with tarfile.open(archive, "r|*") as tar:
+                    tar.extractall(tmp, members=_checked_members(tar, archive, bar), **kwargs)
             if marker is not None:
                 (tmp / MARKER).write_text(marker + "\n")
     except tarfile.TarError as exc:  # FilterError, ReadError, truncated archive
+        raise DataError(f"{archive}: cannot extract ({type(exc).__name__}: {exc})") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:  # CRC error, truncated member
         raise DataError(f"{archive}: cannot extract ({type(exc).__name__}: {exc})") from exc
     except EOFError as exc:
         raise DataError(f"{archive}: truncated archive ({exc})") from exc
@@ -317,19 +384,35 @@ def _find_root(base: Path, marker_rel: tuple[str, ...], what: str) -> Path:
     raise DataError(f"{base}: extracted archive has no {what} folder (with {', '.join(marker_rel)})")
 
 
-ARCHIVES = {
-    # key: (folder holding the files the prepare stage reads, description)
-    "voc": (("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"), "VOC2012"),
-    "sbd": (("cls", "train.txt", "val.txt"), "benchmark_RELEASE/dataset"),
+# dataset.source -> {key in dataset.download: (what the extraction must hold, description)};
+# the root recorded for a key is the folder (at most 3 levels down) holding every marker.
+ARCHIVE_SETS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
+    "voc2012": {
+        "voc": (("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"), "VOC2012"),
+        "sbd": (("cls", "train.txt", "val.txt"), "benchmark_RELEASE/dataset"),
+    },
+    "coco2014": {
+        "coco_train2014": (("train2014",), "COCO train2014 images"),
+        "coco_val2014": (("val2014",), "COCO val2014 images"),
+        "coco_annotations": (("instances_train2014.json", "instances_val2014.json"),
+                             "COCO 2014 annotations"),
+    },
 }
 
 
-def fetch_datasets(dl_cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
-    """Download and extract the VOC and SBD archives; write ``out_dir/extracted.json``."""
+def fetch_datasets(dl_cfg: dict, out_dir: str | Path, progress: bool = True,
+                   source: str = "voc2012") -> dict:
+    """Download and extract the archives of ``source`` (a key of ARCHIVE_SETS); write
+    ``out_dir/extracted.json``."""
+    if source not in ARCHIVE_SETS:
+        raise ConfigError(f"dataset.source: {source!r} has no archives to download "
+                          f"(one of {sorted(ARCHIVE_SETS)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, dict] = {}
-    for key, (markers, what) in ARCHIVES.items():
+    for key, (markers, what) in ARCHIVE_SETS[source].items():
+        if key not in dl_cfg:
+            raise ConfigError(f"dataset.download.{key}: missing (needed for source {source})")
         spec = dl_cfg[key]
         urls, md5 = list(spec["urls"]), spec["md5"].lower()
         name = _archive_name(urls)
@@ -362,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        record = fetch_datasets(config["dataset"]["download"], args.out_dir, progress=not args.no_progress)
+        ds = config["dataset"]
+        record = fetch_datasets(ds["download"], args.out_dir, progress=not args.no_progress,
+                                source=ds["source"])
     except (DataError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
-"""VOC 2012 + SBD -> one VOC-layout folder with SegmentationClassAug and train_aug; and
-validation of a user's own VOC-layout folder.
+"""VOC 2012 + SBD -> one VOC-layout folder with SegmentationClassAug and train_aug; COCO
+2014 -> the same layout (``icd_pipeline.data.coco``); and validation of a user's own
+VOC-layout folder.
 
 ``prepare_voc`` builds, atomically (the folder appears complete or not at all)::
 
@@ -16,13 +17,16 @@ data). Only ids on one of the three lists are copied.
 Entry points::
 
     python -m icd_pipeline.data.prepare voc --config-json JSON --downloads DIR --out results/voc2012/data
+    python -m icd_pipeline.data.prepare coco --config-json JSON --downloads DIR --out results/coco2014/data [--workers N]
     python -m icd_pipeline.data.prepare folder --config-json JSON --out-manifest results/<name>/data/manifest.json
 
 ``voc`` reads ``DIR/extracted.json`` (written by icd_pipeline.data.download) for the
 extracted roots, and checks the split sizes against ``dataset.expected_counts`` (null: the
-real VOC 2012 counts; ``{}``: no check). ``folder`` validates ``dataset.root`` for
-``dataset.train_split`` and ``dataset.eval_split`` (every listed image present, masks the
-image's size, image-level labels derivable) and writes its manifest.
+real VOC 2012 counts; ``{}``: no check). ``coco`` does the same for the extracted COCO
+2014 zips, with ``dataset.coco`` (subsets) and the real COCO 2014 counts. ``folder``
+validates ``dataset.root`` for ``dataset.train_split`` and ``dataset.eval_split`` (every
+listed image present, masks the image's size, image-level labels derivable) and writes its
+manifest.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def train_aug_ids(sbd_train: list[str], sbd_val: list[str], voc_train: list[str]
     return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
 
 
-def _link_or_copy(src: Path, dst: Path) -> bool:
+def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` to ``dst`` (copy where the file system refuses). True if linked."""
     try:
         os.link(src, dst)
@@ -91,7 +95,7 @@ def load_sbd_mask(path: Path, num_classes: int = len(VOC_CLASSES)) -> np.ndarray
     return seg.astype(np.uint8)
 
 
-def _check_counts(counts: dict[str, int], expected: dict[str, int] | None) -> None:
+def check_counts(counts: dict[str, int], expected: dict[str, int] | None) -> None:
     if not expected:
         return
     wrong = {k: (counts.get(k), v) for k, v in expected.items() if counts.get(k) != v}
@@ -120,7 +124,7 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, out_dir: str | Path,
     splits = {"train_aug": train_aug, "train": sorted(set(voc_train)), "val": sorted(set(voc_val))}
     counts = {k: len(v) for k, v in splits.items()}
     log.info("split sizes: %s", counts)
-    _check_counts(counts, expected_counts)
+    check_counts(counts, expected_counts)
 
     all_ids = sorted(set(train_aug) | set(voc_train) | set(voc_val))
     linked = copied = official = from_sbd = 0
@@ -138,14 +142,14 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, out_dir: str | Path,
             xml = voc_root / "Annotations" / f"{image_id}.xml"
             parse_xml_labels(xml, VOC_CLASSES)  # image-level labels derivable (raises otherwise)
             for src, dst in ((img, dirs["JPEGImages"] / img.name), (xml, dirs["Annotations"] / xml.name)):
-                if _link_or_copy(src, dst):
+                if link_or_copy(src, dst):
                     linked += 1
                 else:
                     copied += 1
             png = voc_root / "SegmentationClass" / f"{image_id}.png"
             if png.is_file():
-                _link_or_copy(png, dirs["SegmentationClass"] / png.name)
-                _link_or_copy(png, dirs["SegmentationClassAug"] / png.name)
+                link_or_copy(png, dirs["SegmentationClass"] / png.name)
+                link_or_copy(png, dirs["SegmentationClassAug"] / png.name)
                 official += 1
             else:
                 mat = sbd_root / "cls" / f"{image_id}.mat"
@@ -222,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p_voc.add_argument("--sbd-root", type=Path, default=None, help="override: extracted benchmark_RELEASE/dataset")
     p_voc.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
     p_voc.add_argument("--no-progress", action="store_true")
+    p_coco = sub.add_parser("coco", help="COCO 2014 extractions -> VOC-layout folder with 81-label masks")
+    add_config_args(p_coco)
+    p_coco.add_argument("--downloads", type=Path, required=True,
+                        help="the download stage's --out-dir (holds extracted.json)")
+    p_coco.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
+    p_coco.add_argument("--workers", type=int, default=1, help="conversion processes")
+    p_coco.add_argument("--no-progress", action="store_true")
     p_folder = sub.add_parser("folder", help="validate dataset.root (VOC layout) and write a manifest")
     add_config_args(p_folder)
     p_folder.add_argument("--out-manifest", type=Path, required=True)
@@ -242,6 +253,18 @@ def main(argv: list[str] | None = None) -> int:
             if expected is None:
                 expected = VOC2012_COUNTS
             manifest = prepare_voc(voc_root, sbd_root, args.out, expected_counts=expected, progress=progress)
+        elif args.command == "coco":
+            from icd_pipeline.data import coco  # imports this module: not at the top
+
+            images, annotations = coco.extracted_coco_roots(args.downloads)
+            expected = ds.get("expected_counts")
+            if expected is None:
+                expected = coco.COCO2014_COUNTS
+            sub_cfg = ds["coco"]
+            manifest = coco.prepare_coco(images, annotations, args.out, train_size=sub_cfg["train_size"],
+                                         eval_size=sub_cfg["eval_size"], subset_seed=sub_cfg["subset_seed"],
+                                         expected_counts=expected, workers=max(1, args.workers),
+                                         progress=progress)
         else:
             if not ds.get("root"):
                 raise ConfigError("dataset.root must name the dataset folder when dataset.source is 'folder'")

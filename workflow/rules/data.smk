@@ -1,5 +1,6 @@
 # Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json.
-# dataset.source picks one of: the embedded generator, VOC 2012 + SBD download, a user folder.
+# dataset.source picks one of: the embedded generator, VOC 2012 + SBD download, COCO 2014
+# download, a user folder.
 
 SOURCE = config["dataset"]["source"]
 
@@ -75,6 +76,58 @@ elif SOURCE == "voc2012":
         shell:
             "python -m icd_pipeline.data.prepare voc --config-json {params.cfg:q}"
             " --downloads {params.downloads} --out {params.out} > {log} 2>&1"
+
+elif SOURCE == "coco2014":
+
+    localrules:
+        download_coco,
+
+    rule download_coco:
+        output:
+            done=f"{RES}/downloads/extracted.json",
+        log:
+            f"{LOGS}/download_coco.log",
+        benchmark:
+            f"{BENCH}/download_coco.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=720,
+        params:
+            out=lambda w, output: os.path.dirname(output.done),
+            cfg=stage_config("dataset"),
+            code=code_hash("data/download.py"),
+        shell:
+            "python -m icd_pipeline.data.download --config-json {params.cfg:q}"
+            " --out-dir {params.out} > {log} 2>&1"
+
+    # the whole instances JSON is loaded (a few GB for train2014); images then stream
+    rule prepare_coco:
+        input:
+            done=rules.download_coco.output.done,
+        output:
+            manifest=f"{RES}/data/manifest.json",
+        log:
+            f"{LOGS}/prepare_coco.log",
+        benchmark:
+            f"{BENCH}/prepare_coco.tsv"
+        conda:
+            "../../envs/icd-pipeline.yaml"
+        threads: 8
+        resources:
+            mem_mb=16000,
+            runtime=240,
+        params:
+            downloads=lambda w, input: os.path.dirname(input.done),
+            out=lambda w, output: os.path.dirname(output.manifest),
+            cfg=stage_config("dataset"),
+            code=code_hash("data/prepare.py", "data/coco.py"),
+        shell:
+            "python -m icd_pipeline.data.prepare coco --config-json {params.cfg:q}"
+            " --downloads {params.downloads} --out {params.out} --workers {threads}"
+            " > {log} 2>&1"
 
 else:
 
