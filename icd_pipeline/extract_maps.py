@@ -33,13 +33,13 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import METHOD_VERSION
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout
 from .maps_io import MapsWriter
 from .misc.io import sha256_file
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger, select_device, set_threads
 
 log = get_logger("extract_maps")
@@ -190,7 +190,7 @@ def extract(model, loader, writer: MapsWriter, flip: bool, device: torch.device,
     n = 0
     t0 = time.perf_counter()
     with torch.inference_mode():
-        bar = tqdm(loader, desc="extract maps", unit="batch", disable=not progress, file=sys.stderr)
+        bar = progress_bar(loader, desc="extract maps", unit="batch", disable=not progress, file=sys.stderr)
         for batch in bar:
             for rec in batch_maps(model, batch, flip, device):
                 writer.write(rec["id"], rec["cam"], rec["td"], rec["class_ids"], rec["image_hw"],

@@ -50,12 +50,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .models.deeplab import DeepLab, build_from_config, save_deeplab
 
@@ -138,7 +138,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     it = it0
     start = time.time()
     lr0 = None
-    bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
     for batch in bar:
         factor = set_lr(optimizer, it, total_its)
         lr0 = factor if lr0 is None else lr0

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
-                     td_loss, td_targets, update_sign, warmup_weight)
+                     td_loss, td_targets, update_sign, warmup_iterations, warmup_weight)
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
@@ -175,7 +175,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     if iters_per_epoch == 0:
         raise ValueError(f"split {split!r} has {len(dataset)} images, fewer than icd.batch_size={bs}")
     epochs = int(cfg["epochs"])
-    warmup_iters = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
+    warmup_iters = warmup_iterations(cfg["warmup_epochs"], len(dataset), bs)
 
     model = build_icd_model(cfg, layout.num_fg).to(device)
     if ctx.distributed and cfg.get("sync_bn", True):
@@ -209,7 +209,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
              "crop %d, scales %s, warm-up %d iterations, device %s%s%s", cfg["backbone"], data_root, len(dataset),
              layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
              " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "")
-    from tqdm import tqdm
+    from .misc.progress import progress as progress_bar
 
     for epoch in range(start_epoch, epochs):
         lr = poly_lr(cfg["lr"], epoch, epochs)
@@ -224,7 +224,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         t0 = time.time()
         omega = warmup_weight(it, warmup_iters)
         sign_neg = 0.0
-        bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
+        bar = progress_bar(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
                    disable=not ctx.is_main)
         for batch in bar:
             images = batch["image"].to(device, non_blocking=True)

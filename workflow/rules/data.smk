@@ -1,4 +1,5 @@
-# Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json.
+# Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json,
+# shared by every experiment of the dataset (its settings: dataset, and seed for the generator).
 # dataset.source picks one of: the embedded generator, VOC 2012 + SBD download, a user folder.
 
 SOURCE = config["dataset"]["source"]
@@ -7,11 +8,11 @@ if SOURCE == "synthetic":
 
     rule make_embedded_dataset:
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/make_embedded_dataset.log",
+            f"{DATA_LOGS}/make_embedded_dataset.log",
         benchmark:
-            f"{BENCH}/make_embedded_dataset.tsv"
+            f"{DATA_BENCH}/make_embedded_dataset.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -33,11 +34,11 @@ elif SOURCE == "voc2012":
 
     rule download_voc:
         output:
-            done=f"{RES}/downloads/extracted.json",
+            done=f"{DATA_RES}/downloads/extracted.json",
         log:
-            f"{LOGS}/download_voc.log",
+            f"{DATA_LOGS}/download_voc.log",
         benchmark:
-            f"{BENCH}/download_voc.tsv"
+            f"{DATA_BENCH}/download_voc.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -56,11 +57,11 @@ elif SOURCE == "voc2012":
         input:
             done=rules.download_voc.output.done,
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/prepare_voc.log",
+            f"{DATA_LOGS}/prepare_voc.log",
         benchmark:
-            f"{BENCH}/prepare_voc.tsv"
+            f"{DATA_BENCH}/prepare_voc.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -80,11 +81,11 @@ else:
 
     rule validate_dataset:
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/validate_dataset.log",
+            f"{DATA_LOGS}/validate_dataset.log",
         benchmark:
-            f"{BENCH}/validate_dataset.tsv"
+            f"{DATA_BENCH}/validate_dataset.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -101,4 +102,4 @@ else:
 
 rule data:
     input:
-        f"{RES}/data/manifest.json",
+        f"{DATA_RES}/data/manifest.json",
