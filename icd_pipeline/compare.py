@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Path(args.results).name
     note = (f"Config keys that differ between the experiments: {', '.join(keys)}." if keys
             else "The experiments' resolved configs do not differ.")
+    blank_nan = df.astype(object).where(df.notna(), "")
     md = [f"# Experiments of {dataset}", "", note,
           "Pseudo-mask mIoU on the training split (255 counted as background); DeepLab mIoU on the "
-          "evaluation split (blank: not trained yet).", "", to_markdown(df.fillna(""), "{:.4f}"), ""]
+          "evaluation split (blank: not trained yet).", "", to_markdown(blank_nan, "{:.4f}"), ""]
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text("\n".join(md))
     bar_chart(df, metrics, out / "compare.png", f"{dataset}: experiments side by side")

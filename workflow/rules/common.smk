@@ -65,7 +65,8 @@ def superpixel_key():
     """The shared superpixel folder of this superpixel setting, <feature_backbone>-<hash of the
     sections the stage reads>: experiments that agree on them share one file, and those that
     differ do not overwrite each other."""
-    digest = hashlib.sha256(stage_config("superpixels", "device").encode()).hexdigest()[:8]
+    settings = stage_config("superpixels", "device").encode()
+    digest = hashlib.sha256(settings).hexdigest()[:8]
     return f"{config['superpixels']['feature_backbone']}-{digest}"
 
 
@@ -118,3 +119,14 @@ def pseudo_mask_folder():
     if config["seeds"]["background"] == "saliency":
         return "icd_sal"
     return config["deeplab"]["pseudo_masks"]
+
+
+def finished_experiments():
+    """This experiment and every other one of the dataset that has finished (its summary),
+    so that `compare` reruns when one of them changes."""
+    done = {
+        os.path.dirname(os.path.dirname(p))
+        for p in glob.glob(f"{DATA_RES}/*/report/summary.csv")
+    }
+    done.add(RES)
+    return sorted(done)

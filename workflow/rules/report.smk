@@ -60,20 +60,12 @@ rule resolved_config:
         mem_mb=500,
         runtime=5,
     params:
-        cfg=json.dumps(config, sort_keys=True, separators=(",", ":")),
+        cfg=json.dumps(config, separators=(",", ":")),
         origins=json.dumps(CONFIG_ORIGINS, sort_keys=True, separators=(",", ":")),
         code=code_hash(),
     shell:
         "python -m icd_pipeline.config write --config-json {params.cfg:q}"
         " --origins-json {params.origins:q} --out {output} > {log} 2>&1"
-
-
-def finished_experiments():
-    """This experiment and every other one of the dataset that has finished (its summary),
-    so that `compare` reruns when one of them changes."""
-    done = {os.path.dirname(os.path.dirname(p)) for p in glob.glob(f"{DATA_RES}/*/report/summary.csv")}
-    done.add(RES)
-    return sorted(done)
 
 
 rule compare:
@@ -95,7 +87,7 @@ rule compare:
         mem_mb=1000,
         runtime=10,
     params:
-        results=DATA_RES,
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
         out=lambda w, output: os.path.dirname(output.csv),
         code=code_hash("compare.py", "report.py"),
     shell:
