@@ -156,6 +156,14 @@ def _leaves(tree: dict, prefix: tuple = ()):
             yield path, value
 
 
+def _get(tree: dict, path: tuple):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
 def resolve_layers(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
     """Merge config layers, lowest precedence first, into the validated configuration.
 
@@ -178,7 +186,9 @@ def resolve_layers(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]
     for origin, layer in layers[start:]:
         layer = {k: v for k, v in layer.items() if k != BASE_KEY}
         config = deep_merge(config, layer)
-        for path, _ in _leaves(layer):
+        for path, value in _leaves(layer):
+            if value == {} and _get(config, path) != {}:
+                continue  # merging {} changes nothing (as in Snakemake): not this layer's value
             # a leaf replaces whatever was below it (e.g. a mapping set to null)
             for old in [p for p in set_by if p[:len(path)] == path]:
                 del set_by[old]

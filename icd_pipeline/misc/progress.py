@@ -39,6 +39,9 @@ class LineProgress(tqdm):
         # tqdm calls display() after every update (we choose the lines); it clears the bar on
         # close with leave=False, which we never want in a file: the last line stays.
         kwargs.update(mininterval=0, miniters=1, leave=False, dynamic_ncols=False)
+        # a line every few percent: the rate is the average since the start, not tqdm's
+        # moving average of the last updates (which jumps between sparse lines)
+        kwargs.setdefault("smoothing", 0)
         super().__init__(*args, **kwargs)
 
     def _due(self) -> bool:
