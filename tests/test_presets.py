@@ -169,16 +169,15 @@ def test_show_changed_lists_exactly_the_departures():
     assert all(o != SCHEMA_ORIGIN for k, o in origins.items() if k in shown)
 
 
-def test_show_command_line_matches_snakemake_parsing():
+def test_show_command_line_matches_snakemake_parsing(capsys):
     """The entry point as a user runs it; 1e-5 (YAML 1.1 reads it as a string) becomes a number."""
     proc = subprocess.run([sys.executable, "-m", "icd_pipeline.config", "show", "--changed", "--config",
                            "seeds={icd_bg_threshold: 1e-5}", "seed=2"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
     assert shown["seed"] == 2 and "seeds" not in shown  # 1e-5 is the paper's value again
-    bad = subprocess.run([sys.executable, "-m", "icd_pipeline.config", "show", "--config", "icd={epochs: ten}"],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "icd.epochs" in bad.stderr
+    assert main(["show", "--config", "icd={epochs: ten}"]) == 2
+    assert "icd.epochs" in capsys.readouterr().err
 
 
 def test_experiment_names_cannot_shadow_shared_folders():
