@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -199,14 +200,19 @@ def resolve_layers(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]
     return config, origins
 
 
-def file_layer(path: str | Path) -> tuple[str, dict]:
-    """A config file as a layer, its origin the path relative to the repository if inside it."""
+def file_layer(path: str | Path, label: str | None = None) -> tuple[str, dict]:
+    """A config file as a layer; its origin is ``label``, else the path relative to the current
+    folder when inside it, else the absolute path. Not relative to the workflow's folder: the
+    origins are a rule param (resolved_config), and the same files run from another copy of
+    the workflow must not rerun it."""
     path = Path(path)
-    try:
-        name = str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        name = str(path)
-    return name, load_yaml(path)
+    if label is None:
+        absolute = Path(os.path.abspath(path))
+        try:
+            label = str(absolute.relative_to(Path(os.getcwd())))
+        except ValueError:
+            label = str(absolute)
+    return label, load_yaml(path)
 
 
 def cli_layer(cli_config) -> tuple[str, dict]:
@@ -223,11 +229,12 @@ def cli_layer(cli_config) -> tuple[str, dict]:
 
 def resolve_workflow_config(configfiles=(), cli_config=None, default_configfile=DEFAULT_CONFIGFILE,
                             use_default: bool = True) -> tuple[dict, dict[str, str]]:
-    """What Snakemake's config becomes: the Snakefile's ``configfile:`` (config.yaml, unless
+    """What Snakemake's config becomes: the Snakefile's ``configfile:`` (config.yaml, origin
+    ``config.yaml`` wherever the workflow lies, unless
     ``use_default`` is False, i.e. ``--replace-workflow-config``), then each ``--configfile``
     in order, then ``--config`` (Snakemake 9 merges them in that order too, then our
     ``base: paper`` and schema defaults apply)."""
-    layers = [file_layer(default_configfile)] if use_default and default_configfile else []
+    layers = [file_layer(default_configfile, "config.yaml")] if use_default and default_configfile else []
     layers += [file_layer(f) for f in configfiles]
     layers.append(cli_layer(cli_config))
     return resolve_layers(layers)

@@ -111,7 +111,7 @@ def test_experiments_share_the_dataset_stage(tiny_run):
     # the experiment's resolved config lies beside its results, with the origin of each value
     resolved = (tiny_run / "results" / "tiny" / "default" / "resolved_config.yaml").read_text()
     assert yaml.safe_load(resolved)["icd"]["backbone"] == "tiny"
-    assert "# tests/data/tiny_config.yaml" in resolved and "# config.yaml" in resolved
+    assert f"# {TINY}" in resolved and "# config.yaml" in resolved
     # compare: the finished default experiment needs nothing else
     assert jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "compare")) == {"compare"}
 

@@ -46,6 +46,11 @@ rule report:
 
 # The experiment's resolved config (each leaf with its origin), beside its results: compare
 # diffs these, and the file as --configfile reproduces the run (it starts with `base: paper`).
+localrules:
+    resolved_config,
+    compare,
+
+
 rule resolved_config:
     output:
         f"{RES}/resolved_config.yaml",
