@@ -6,8 +6,9 @@
     .venv/bin/python benchmarks/run_benchmark.py --preset sample --sample-root ../shared/data/voc2012-sample/VOC2012
 
 For every seed it runs the whole DAG (``snakemake all``, plus DeepLab on the ICD+saliency seeds
-when the dataset ships saliency maps) under ``results/<dataset>[-seedN]/`` (finished runs are
-reused), then measures on the first seed's run:
+when the dataset ships saliency maps) under ``results/<dataset>[-seedN]/<experiment>/`` (the
+config's experiment, ``default`` unless set; the data is shared under ``results/<dataset>[-seedN]/``;
+finished runs are reused), then measures on the first seed's run:
 
 - quality: pseudo-mask mIoU on train (CAM, CAM+CRF, ICD, ICD+CRF[, ICD+saliency]), DeepLab val
   mIoU on ICD pseudo-masks and with full supervision, their ratio (mean and spread over seeds);
@@ -70,10 +71,15 @@ def snakemake_args(name: str, seed: int, *args: str) -> list[str]:
             "--config", f"seed={seed}", f"dataset={{{dataset}}}"]
 
 
+def results_dir(name: str) -> Path:
+    """One run's experiment folder (the dataset stage's outputs are one level up)."""
+    return ROOT / "results" / name / EXPERIMENT
+
+
 def run_dag(name: str, seed: int, saliency: bool) -> float | None:
     """Run (or reuse) the DAG for one seed; return the wall time if it did work now."""
-    res = ROOT / "results" / name
-    targets = ["all"] + ([f"results/{name}/deeplab/saliency/summary.json"] if saliency else [])
+    res = results_dir(name)
+    targets = ["all"] + ([f"results/{name}/{EXPERIMENT}/deeplab/saliency/summary.json"] if saliency else [])
     dry = subprocess.run(snakemake_args(name, seed, "-n", *targets), cwd=ROOT, env=ENV,
                          capture_output=True, text=True)
     if dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr:
@@ -86,7 +92,7 @@ def run_dag(name: str, seed: int, saliency: bool) -> float | None:
 
 
 def quality(name: str, saliency: bool) -> dict[str, float]:
-    res = ROOT / "results" / name
+    res = results_dir(name)
     table = pd.read_csv(res / "pseudo_masks" / "table.csv").set_index("method")
     q = {f"pseudo-mask mIoU {m}": float(table.loc[m, "miou"]) for m in table.index}
     q.update({f"pseudo-mask mIoU {m} (255 left out)": float(table.loc[m, "miou_authors"]) for m in table.index})
@@ -121,13 +127,13 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     from icd_pipeline.data.voc import VOCLayout
     from icd_pipeline.maps_io import MapsReader
 
-    res = ROOT / "results" / name
+    res = results_dir(name)
     rows: list[dict] = []
 
     def add(metric, value, unit=""):
         rows.append({"metric": metric, "value": float(value), "spread": float("nan"), "unit": unit})
 
-    bench = read_benchmarks(res / "benchmarks")
+    bench = read_benchmarks(res.parent / "benchmarks", res / "benchmarks")
     for r in bench.itertuples():
         add(f"wall time: {r.stage}", r.seconds, "s")
     add("wall time: all stages (sum)", bench.seconds.sum(), "s")
@@ -203,7 +209,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
 
 
 def main() -> int:
-    global ARGS, PRESET_ARGS, SAMPLE_ROOT
+    global ARGS, PRESET_ARGS, SAMPLE_ROOT, EXPERIMENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cores", type=int, default=2)
@@ -223,6 +229,7 @@ def main() -> int:
     if SAMPLE_ROOT:
         cfg["dataset"]["root"] = SAMPLE_ROOT
     base = cfg["dataset"]["name"]
+    EXPERIMENT = cfg["experiment"]
     names = {s: base if s == cfg["seed"] else f"{base}-seed{s}" for s in ARGS.seeds}
     saliency = cfg["dataset"]["source"] == "synthetic" and cfg["dataset"]["synthetic"]["saliency"]["enabled"]
 

@@ -5,6 +5,19 @@ later files override earlier ones section by section) or ``--config-json JSON`` 
 Snakemake rules pass: only the sections a stage reads, so that changing another section
 does not rerun it). Both are validated with defaults filled in; an unknown key or a wrong
 type fails with a message naming the key.
+
+Layers. The schema's defaults are the paper's recipe (``../shared/specs/icd-method.md``);
+``config.yaml`` is the embedded CPU run, each departure commented where it is made; presets
+and the command line override it. A file whose top level says ``base: paper`` starts again
+from the schema defaults: every layer before it (``config.yaml`` included) is dropped, so a
+preset that claims the paper's recipe gets it whatever ``config.yaml`` holds.
+:func:`resolve_layers` is the one merge; the workflow (``workflow/rules/common.smk``, via
+:func:`resolve_workflow_config`) and ``python -m icd_pipeline.config show`` both call it::
+
+    python -m icd_pipeline.config show [--configfile F ...] [--config KEY=VALUE ...] [--changed]
+
+prints the resolved configuration as YAML, each leaf with its origin (schema default,
+config.yaml, a preset file, command line).
 """
 
 from __future__ import annotations
@@ -12,6 +25,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +40,14 @@ _PACKAGED_SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the key."""
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGFILE = REPO_ROOT / "config.yaml"
+SCHEMA_ORIGIN = "schema default (paper)"
+CLI_ORIGIN = "command line"
+BASE_KEY = "base"  # layer directive, not a config key: `base: paper` drops earlier layers
+BASES = ("paper", "inherit")
 
 
 @lru_cache(maxsize=1)
@@ -92,6 +115,11 @@ def coerce_cli_strings(config, schema: dict | None = None):
             return config
         if isinstance(parsed, list):
             return coerce_cli_strings(parsed, schema)
+        if isinstance(parsed, str) and "number" in types:
+            try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+                return float(parsed)
+            except ValueError:
+                return config
         return parsed
     return config
 
@@ -135,20 +163,146 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(paths: list[str | Path] | None = None, json_text: str | None = None) -> dict:
+def _leaves(tree: dict, prefix: tuple = ()):
+    """(path, value) of every leaf: a value that is not a non-empty mapping."""
+    for key, value in tree.items():
+        path = prefix + (str(key),)
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, path)
+        else:
+            yield path, value
+
+
+def _get(tree: dict, path: tuple):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def resolve_layers(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
+    """Merge config layers, lowest precedence first, into the validated configuration.
+
+    ``layers``: (origin, mapping) pairs, e.g. ``("config.yaml", {...})``. Mappings merge key by
+    key (a later layer's leaf wins). A layer with top-level ``base: paper`` drops every layer
+    before it, so the result starts from the schema defaults, which are the paper's values.
+    Returns (config with defaults filled, {dotted leaf path: origin}); a leaf no layer set has
+    the origin :data:`SCHEMA_ORIGIN`. The one merge the workflow and ``show`` share.
+    """
+    start = 0
+    for i, (origin, layer) in enumerate(layers):
+        base = layer.get(BASE_KEY, "inherit")
+        if base not in BASES:
+            raise ConfigError(f"{origin}: invalid key {BASE_KEY}: {base!r} is not one of {list(BASES)}")
+        if base == "paper":
+            start = i
     config: dict[str, Any] = {}
+    set_by: dict[tuple, str] = {}
     source = "config"
-    for p in paths or []:
-        config = deep_merge(config, load_yaml(p))
-        source = str(p)
+    for origin, layer in layers[start:]:
+        layer = {k: v for k, v in layer.items() if k != BASE_KEY}
+        config = deep_merge(config, layer)
+        for path, value in _leaves(layer):
+            if value == {} and _get(config, path) != {}:
+                continue  # merging {} changes nothing (as in Snakemake): not this layer's value
+            # a leaf replaces whatever was below it (e.g. a mapping set to null)
+            for old in [p for p in set_by if p[:len(path)] == path]:
+                del set_by[old]
+            set_by[path] = origin
+        source = origin
+    validate(config, source)
+    origins = {".".join(path): set_by.get(path, SCHEMA_ORIGIN) for path, _ in _leaves(config)}
+    return config, origins
+
+
+def file_layer(path: str | Path, label: str | None = None) -> tuple[str, dict]:
+    """A config file as a layer; its origin is ``label``, else the path relative to the current
+    folder when inside it, else the absolute path. Not relative to the workflow's folder: the
+    origins are a rule param (resolved_config), and the same files run from another copy of
+    the workflow must not rerun it."""
+    path = Path(path)
+    if label is None:
+        absolute = Path(os.path.abspath(path))
+        try:
+            label = str(absolute.relative_to(Path(os.getcwd())))
+        except ValueError:
+            label = str(absolute)
+    return label, load_yaml(path)
+
+
+def cli_layer(cli_config) -> tuple[str, dict]:
+    """Snakemake's parsed ``--config`` (nested values arrive as strings) as a typed layer."""
+    def plain(value):
+        if hasattr(value, "items"):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return CLI_ORIGIN, coerce_cli_strings(plain(cli_config or {}))
+
+
+def resolve_workflow_config(configfiles=(), cli_config=None, default_configfile=DEFAULT_CONFIGFILE,
+                            use_default: bool = True) -> tuple[dict, dict[str, str]]:
+    """What Snakemake's config becomes: the Snakefile's ``configfile:`` (config.yaml, origin
+    ``config.yaml`` wherever the workflow lies, unless
+    ``use_default`` is False, i.e. ``--replace-workflow-config``), then each ``--configfile``
+    in order, then ``--config`` (Snakemake 9 merges them in that order too, then our
+    ``base: paper`` and schema defaults apply)."""
+    layers = [file_layer(default_configfile, "config.yaml")] if use_default and default_configfile else []
+    layers += [file_layer(f) for f in configfiles]
+    layers.append(cli_layer(cli_config))
+    return resolve_layers(layers)
+
+
+def load_config(paths: list[str | Path] | None = None, json_text: str | None = None) -> dict:
+    layers = [file_layer(p) for p in paths or []]
     if json_text:
         try:
             data = json.loads(json_text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config-json: not valid JSON ({exc})") from exc
-        config = deep_merge(config, data)
-        source = "--config-json" if not paths else source
-    return validate(config, source)
+        layers.append(("--config-json", data))
+    return resolve_layers(layers)[0]
+
+
+def _flow(value) -> str:
+    """One value as a YAML flow scalar/sequence that yaml.safe_load reads back identically."""
+    return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
+def format_resolved(config: dict, origins: dict[str, str], changed_only: bool = False) -> str:
+    """The resolved config as YAML, each leaf followed by ``# <origin>``. ``base: paper`` on top,
+    so the text used as a --configfile reproduces the run whatever config.yaml holds.
+    ``changed_only``: only the leaves whose value differs from the schema default (the paper)."""
+    lines = ["base: paper   # the schema defaults are the paper's values; the leaves below override nothing else"
+             if changed_only else
+             "base: paper   # every leaf is listed: the schema defaults below are the paper's values"]
+    width = max((len(k) for k in origins), default=0)
+    defaults = dict(_leaves(validate({})))
+
+    def walk(tree: dict, prefix: str, indent: int) -> list[str]:
+        out = []
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            pad = "  " * indent
+            if isinstance(value, dict) and value:
+                body = walk(value, path + ".", indent + 1)
+                if body:
+                    out.append(f"{pad}{key}:")
+                    out.extend(body)
+                continue
+            origin = origins.get(path, SCHEMA_ORIGIN)
+            if changed_only and defaults.get(tuple(path.split("."))) == value and \
+                    tuple(path.split(".")) in defaults:
+                continue
+            text = f"{pad}{key}: {_flow(value)}"
+            out.append(f"{text:<{width + 12}}  # {origin}")
+        return out
+
+    lines.extend(walk(config, "", 0))
+    return "\n".join(lines) + "\n"
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -165,3 +319,60 @@ def config_from_args(args: argparse.Namespace) -> dict:
 def section_json(config: dict, *sections: str) -> str:
     """The named top-level sections as compact, key-sorted JSON (a stable rule param)."""
     return json.dumps({s: config[s] for s in sections if s in config}, sort_keys=True, separators=(",", ":"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m icd_pipeline.config",
+        description="Show the configuration exactly as the workflow resolves it, each leaf with its origin.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the resolved config (YAML, origins as comments)")
+    show.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="FILE",
+                      help="as snakemake --configfile (after config.yaml, in order)")
+    show.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                      help="as snakemake --config, e.g. 'icd={epochs: 2}' seed=1")
+    show.add_argument("--replace-workflow-config", action="store_true",
+                      help="as snakemake's flag: config.yaml is not read")
+    show.add_argument("--changed", action="store_true",
+                      help="only the leaves whose value differs from the schema defaults (the paper's recipe)")
+    write = sub.add_parser("write", help="write a resolved config (what the workflow stores per experiment)")
+    write.add_argument("--config-json", required=True, help="the resolved config as JSON")
+    write.add_argument("--origins-json", required=True, help="{leaf: origin} as JSON")
+    write.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "show":
+            config, origins = resolve_workflow_config(args.configfile, _parse_cli(args.config),
+                                                      use_default=not args.replace_workflow_config)
+            print(format_resolved(config, origins, changed_only=args.changed), end="")
+        else:
+            from icd_pipeline.misc.io import atomic_path
+
+            config, origins = json.loads(args.config_json), json.loads(args.origins_json)
+            with atomic_path(args.out) as tmp:
+                Path(tmp).write_text(format_resolved(config, origins))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parse_cli(entries: list[str]) -> dict:
+    """KEY=VALUE arguments parsed as Snakemake parses --config (its own parser when installed)."""
+    if not entries:
+        return {}
+    try:
+        from snakemake.cli import parse_config
+    except ImportError:  # the package without Snakemake: YAML values, as Snakemake's fallback
+        out: dict = {}
+        for entry in entries:
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise ConfigError(f"--config {entry!r}: expected KEY=VALUE")
+            out = deep_merge(out, {key: yaml.safe_load(value) if value else None})
+        return out
+    return parse_config(entries)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
 from .data.voc import DataError, VOCLayout, read_mask
 from .evaluate import Evaluator, scores
 from .misc.io import atomic_path
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger
 
 log = get_logger("eval_pseudo_masks")
@@ -61,7 +61,7 @@ def evaluate_methods(layout: VOCLayout, ids: Iterable[str], masks_dir: str | Pat
     ids = list(ids)
     if not ids:
         raise DataError("no image ids to evaluate")
-    for image_id in tqdm(ids, desc="evaluate pseudo-masks", disable=not progress, file=sys.stderr):
+    for image_id in progress_bar(ids, desc="evaluate pseudo-masks", disable=not progress, file=sys.stderr):
         gt = read_mask(layout.mask_path(image_id), layout.num_classes)
         for label, sub in methods:
             path = masks_dir / sub / f"{image_id}.png"

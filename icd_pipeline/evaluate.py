@@ -21,10 +21,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from icd_pipeline.data.voc import VOID, DataError, VOCLayout, read_mask
 from icd_pipeline.misc.io import atomic_path
+from icd_pipeline.misc.progress import progress as progress_bar
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
@@ -121,7 +121,7 @@ def evaluate_dirs(layout: VOCLayout, ids: Iterable[str], pred_dir: str | Path,
     pred_dir = Path(pred_dir)
     ev = Evaluator(layout.num_classes, ignore_pred_void)
     ids = list(ids)
-    for image_id in tqdm(ids, desc="evaluate", disable=not progress, file=sys.stderr):
+    for image_id in progress_bar(ids, desc="evaluate", disable=not progress, file=sys.stderr):
         gt_path = Path(gt_dir) / f"{image_id}.png" if gt_dir else layout.mask_path(image_id)
         gt = read_mask(gt_path, layout.num_classes)
         pred_path = pred_dir / f"{image_id}.png"

@@ -33,13 +33,13 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import METHOD_VERSION
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout, image_size
 from .maps_io import MapsWriter
 from .misc.io import sha256_file
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger, select_device, set_threads
 
 log = get_logger("extract_maps")
@@ -214,7 +214,8 @@ def extract_from_cache(model, cache, layout: VOCLayout, split: str, input_scale:
     model.eval()
     ids = layout.ids(split)
     t0 = time.perf_counter()
-    for image_id in tqdm(ids, desc="extract maps (feature cache)", unit="img", disable=not progress, file=sys.stderr):
+    for image_id in progress_bar(ids, desc="extract maps (feature cache)", unit="img", disable=not progress,
+                                 file=sys.stderr):
         if image_id not in cache.position:
             raise DataError(f"{cache.path}: no cached features for {image_id} of split {split!r}")
         rec = cached_image_maps(model, cache, image_id, layout.labels(image_id), image_size(layout.image_path(image_id)),
@@ -244,7 +245,7 @@ def extract(model, loader, writer: MapsWriter, flip: bool, device: torch.device,
     n = 0
     t0 = time.perf_counter()
     with torch.inference_mode():
-        bar = tqdm(loader, desc="extract maps", unit="batch", disable=not progress, file=sys.stderr)
+        bar = progress_bar(loader, desc="extract maps", unit="batch", disable=not progress, file=sys.stderr)
         for batch in bar:
             for rec in batch_maps(model, batch, flip, device):
                 writer.write(rec["id"], rec["cam"], rec["td"], rec["class_ids"], rec["image_hw"],

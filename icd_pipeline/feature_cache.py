@@ -154,7 +154,7 @@ def compute_features(backbone, image: np.ndarray, var: Sequence[tuple[float, boo
 
 def build(config: dict, data_root: str | Path, split: str, out: str | Path, progress: bool = True) -> dict:
     """Compute and write the cache of ``split`` (see the module docstring)."""
-    from tqdm import tqdm
+    from .misc.progress import progress as progress_bar
 
     from .models.icd import build_icd_model
 
@@ -182,7 +182,7 @@ def build(config: dict, data_root: str | Path, split: str, out: str | Path, prog
             d_icd = h5.create_dataset("icd", shape=(0, c_icd), maxshape=(None, c_icd), dtype=np.float16,
                                       chunks=(max(1, 65536 // c_icd), c_icd))
             rows = 0
-            bar = tqdm(loader, desc="feature cache", unit="img", disable=not progress, file=sys.stderr)
+            bar = progress_bar(loader, desc="feature cache", unit="img", disable=not progress, file=sys.stderr)
             for i, (image_id, image) in enumerate(bar):
                 feats = compute_features(backbone, np.asarray(image), var, device)
                 n = sum(o.shape[0] * o.shape[1] for o, _, _ in feats)

@@ -35,12 +35,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import DataError, VOCLayout, read_image, to_tensor, write_palette_png
 from .evaluate import evaluate_dirs, write_results
 from .misc.io import atomic_dir
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger, select_device, set_threads
 from .models.deeplab import CheckpointError, load_deeplab
 
@@ -119,7 +119,7 @@ def infer(config: dict, data_root: str | Path, split: str, checkpoint: str | Pat
              len(ids), split, checkpoint, scales, input_scale, flip, params if use_crf else "off", device)
     start = time.time()
     with atomic_dir(pred_dir) as tmp:
-        bar = tqdm(total=len(ids), desc="predict", disable=not progress, file=sys.stderr)
+        bar = progress_bar(total=len(ids), desc="predict", disable=not progress, file=sys.stderr)
         for batch in _batches(layout, ids, batch_size):
             images = torch.stack([to_tensor(img) for _, img in batch]).to(device)
             probs = predict_probs(model, images, scales, flip, input_scale).cpu().numpy()

@@ -158,6 +158,13 @@ def td_loss(T: torch.Tensor, r_n: torch.Tensor, y: torch.Tensor, threshold: floa
     return weight * (mask * bce).sum() / (N * h * w)
 
 
+def warmup_iterations(warmup_epochs: float, num_images: int, batch_size: int) -> int:
+    """K_w as the authors compute it (spec 2.5): ``2*num_sample//batch_size`` for 2 epochs, i.e.
+    floor(epochs * images / batch) = 661 on train_aug at batch 32 (rounding epochs x
+    floor(images / batch) would give 660)."""
+    return int(float(warmup_epochs) * int(num_images)) // int(batch_size)
+
+
 def warmup_weight(it: int, total_it: int) -> float:
     """omega(k) = exp(-10 (1 - k/K)) for k < K, else 1."""
     if total_it <= 0 or it >= total_it:

@@ -208,7 +208,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
         workers: int = 1, progress: bool = True, reader_factory: Callable | None = None,
         seeds_cfg: dict | None = None) -> dict:
     """Write ``out_dir`` (PNG folders + manifest.json) atomically; return the manifest."""
-    from tqdm import tqdm
+    from .misc.progress import progress as progress_bar
 
     from icd_pipeline.data.voc import VOCLayout
 
@@ -242,7 +242,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
         for m in methods:
             (tmp / m).mkdir()
         initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory, seeds_cfg)
-        bar = tqdm(total=len(ids), desc=f"pseudo-masks {split}", unit="img", file=sys.stderr, disable=not progress)
+        bar = progress_bar(total=len(ids), desc=f"pseudo-masks {split}", unit="img", file=sys.stderr, disable=not progress)
         if workers <= 1:
             _init_worker(*initargs)
             try:

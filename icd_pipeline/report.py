@@ -2,7 +2,7 @@
 
     python -m icd_pipeline.report --dataset NAME --deeplab-masks icd_crf --pseudo-table table.csv \
         --deeplab-pseudo pseudo/summary.json --deeplab-full full/summary.json \
-        --benchmarks results/NAME/benchmarks --out-md summary.md --out-csv summary.csv
+        --benchmarks results/NAME/benchmarks results/NAME/EXPERIMENT/benchmarks --out-md summary.md --out-csv summary.csv
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import pandas as pd
 from icd_pipeline.misc.io import atomic_path
 
 
-def read_benchmarks(folder: str | Path) -> pd.DataFrame:
-    """One row per Snakemake ``benchmark:`` TSV: stage, wall seconds, peak RSS (MB)."""
+def read_benchmarks(*folders: str | Path) -> pd.DataFrame:
+    """One row per Snakemake ``benchmark:`` TSV in the folders (the dataset's shared stages,
+    then the experiment's): stage, wall seconds, peak RSS (MB)."""
     rows = []
-    for tsv in sorted(Path(folder).glob("*.tsv")):
+    for tsv in [t for folder in folders for t in sorted(Path(folder).glob("*.tsv"))]:
         df = pd.read_csv(tsv, sep="\t")
         if df.empty:
             continue
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pseudo-table", required=True)
     parser.add_argument("--deeplab-pseudo", required=True)
     parser.add_argument("--deeplab-full", required=True)
-    parser.add_argument("--benchmarks", required=True)
+    parser.add_argument("--benchmarks", required=True, nargs="+", help="benchmark folders")
     parser.add_argument("--classifier", help="icd/classifier.json (image-level mAP on the evaluation split)")
     parser.add_argument("--pseudo-per-class", help="pseudo_masks/per_class.csv")
     parser.add_argument("--deeplab-pseudo-per-class", help="deeplab/pseudo/per_class.csv")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if classifier is not None:
         summary = pd.concat([pd.DataFrame([{"metric": f"classifier mAP ({classifier['split']})",
                                             "value": float(classifier["map"])}]), summary], ignore_index=True)
-    bench = read_benchmarks(args.benchmarks)
+    bench = read_benchmarks(*args.benchmarks)
     with atomic_path(args.out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
     md = [f"# icd-pipeline summary: {args.dataset}", "",

@@ -375,7 +375,7 @@ def run(layout, split: str, out: str | Path, sp_cfg: dict, device: str = "cpu", 
     goes back to the pool. Images with few segments keep their FH map as is (the merge would
     stop before its first step), which on small images is most of them.
     """
-    from tqdm import tqdm
+    from .misc.progress import progress as progress_bar
 
     from icd_pipeline.data.voc import read_image
     from icd_pipeline.misc.runtime import select_device
@@ -405,7 +405,7 @@ def run(layout, split: str, out: str | Path, sp_cfg: dict, device: str = "cpu", 
                 h5.attrs["params"] = json.dumps(params, sort_keys=True)
                 for k, v in params.items():
                     h5.attrs[k] = v
-                bar = tqdm(total=len(ids), desc=f"superpixels {split}", unit="img", file=sys.stderr,
+                bar = progress_bar(total=len(ids), desc=f"superpixels {split}", unit="img", file=sys.stderr,
                            disable=not progress)
                 chunk = max(batch_size, 4 * workers)
                 for start in range(0, len(ids), chunk):

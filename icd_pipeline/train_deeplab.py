@@ -56,13 +56,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
 from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
+from .misc.progress import progress as progress_bar
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
                               divergence_advice)
@@ -153,7 +153,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
     start = time.time()
     lr0 = None
     clip_log = ClipLog(grad_clip)
-    bar = tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
     for i, batch in enumerate(bar):
         factor = set_lr(optimizer, it, total_its)
         lr0 = factor if lr0 is None else lr0

@@ -42,7 +42,7 @@ from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
                        read_image)
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
-                     td_loss, td_targets, update_sign, warmup_weight)
+                     td_loss, td_targets, update_sign, warmup_iterations, warmup_weight)
 from .misc import distributed as D
 from .feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen
 from .misc.io import atomic_path, write_csv_rows, write_json
@@ -229,7 +229,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     if iters_per_epoch == 0:
         raise ValueError(f"split {split!r} has {len(dataset)} images, fewer than icd.batch_size={bs}")
     epochs = int(cfg["epochs"])
-    warmup_iters = int(round(float(cfg["warmup_epochs"]) * iters_per_epoch))
+    warmup_iters = warmup_iterations(cfg["warmup_epochs"], len(dataset), bs)
 
     model = build_icd_model(cfg, layout.num_fg).to(device)
     if cache is not None:
@@ -269,7 +269,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
              layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
              " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "",
              f", heads on cached frozen-backbone features {feature_cache}" if cache is not None else "")
-    from tqdm import tqdm
+    from .misc.progress import progress as progress_bar
 
     for epoch in range(start_epoch, epochs):
         lr = poly_lr(cfg["lr"], epoch, epochs)
@@ -287,7 +287,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         sign_neg = 0.0
         clip_log = ClipLog(grad_clip)
         advice = divergence_advice("icd", cfg, ckpt_path, epoch)  # what a non-finite loss error suggests
-        bar = tqdm(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False, dynamic_ncols=True,
+        bar = progress_bar(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
+                           dynamic_ncols=True,
                    disable=not ctx.is_main)
         for i, batch in enumerate(bar):
             if cache is not None:  # the heads' inputs straight from the cache

@@ -43,7 +43,7 @@ def _kill_when(work: Path, marker, timeout: float = 300) -> None:
 
 
 def _pseudo_masks(work: Path) -> dict[str, bytes]:
-    root = work / "results" / "tiny" / "pseudo_masks" / "masks"
+    root = work / "results" / "tiny" / "default" / "pseudo_masks" / "masks"
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
@@ -55,7 +55,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_kill_during_icd_training_resumes_and_matches(uninterrupted, tmp_path):
-    res = tmp_path / "results" / "tiny"
+    res = tmp_path / "results" / "tiny" / "default"
     _kill_when(tmp_path, res / "icd" / "checkpoints" / "last.pt")
     # nothing Snakemake would take as complete was left behind
     assert not (res / "icd" / "model.pt").exists() and not (res / "icd" / "metrics.csv").exists()
@@ -63,14 +63,14 @@ def test_kill_during_icd_training_resumes_and_matches(uninterrupted, tmp_path):
     run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", TARGET, "--config", LONGER)
     assert "resuming from" in (res / "logs" / "train_icd.log").read_text()
     metrics = pd.read_csv(res / "icd" / "metrics.csv")
-    reference = pd.read_csv(uninterrupted / "results" / "tiny" / "icd" / "metrics.csv")
+    reference = pd.read_csv(uninterrupted / "results" / "tiny" / "default" / "icd" / "metrics.csv")
     assert list(metrics.epoch) == list(reference.epoch)  # the curve is continuous
     pd.testing.assert_series_equal(metrics.loss_cls, reference.loss_cls, rtol=1e-4)
     assert _pseudo_masks(tmp_path) == _pseudo_masks(uninterrupted)
 
 
 def test_kill_during_pseudo_masks_leaves_nothing_partial(uninterrupted, tmp_path):
-    res = tmp_path / "results" / "tiny"
+    res = tmp_path / "results" / "tiny" / "default"
     # killed while the stage writes into its temporary folder
     _kill_when(tmp_path, lambda: list((res / "pseudo_masks").glob(".masks.*.tmp/icd_crf/*.png")))
     assert not (res / "pseudo_masks" / "masks").exists()

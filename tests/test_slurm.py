@@ -52,7 +52,7 @@ def test_tiny_pipeline_on_local_slurm(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-10000:]
     print(f"SLURM tiny pipeline: {wall:.1f} s wall")
-    res = tmp_path / "results" / "tiny"
+    res = tmp_path / "results" / "tiny" / "default"
     # each job ran as a SLURM job: the plugin keeps one log folder per rule
     logs = tmp_path / ".snakemake" / "slurm_logs"
     assert (logs / "rule_train_icd").is_dir() and (logs / "rule_train_deeplab").is_dir(), out[-3000:]

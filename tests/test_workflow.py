@@ -31,7 +31,7 @@ def test_stage_targets_exist(tmp_path):
     # the same run checks that deeplab.pseudo_masks picks the folder the pseudo DeepLab trains on
     proc = run_snakemake(tmp_path, "-n", "-p", *STAGE_TARGETS, "--config", "deeplab={pseudo_masks: icd_seed}")
     assert set(STAGE_TARGETS) <= jobs_in_dry_run(proc)
-    assert "pseudo_masks/masks/icd_seed --out-dir results/embedded/deeplab/pseudo" in proc.stdout
+    assert "pseudo_masks/masks/icd_seed --out-dir results/embedded/default/deeplab/pseudo" in proc.stdout
     assert "--deeplab-masks icd_seed" in proc.stdout
 
 
@@ -60,7 +60,7 @@ PKG_FILES = ("Snakefile", "config.yaml", "workflow", "icd_pipeline")
 
 
 def test_tiny_run_produces_every_output(tiny_run):
-    res = tiny_run / "results" / "tiny"
+    res = tiny_run / "results" / "tiny" / "default"
     table = pd.read_csv(res / "pseudo_masks" / "table.csv")
     assert list(table.method[:4]) == ["CAM", "CAM+CRF", "ICD", "ICD+CRF"]
     assert "ICD+saliency" in set(table.method)  # the embedded dataset ships saliency maps
@@ -74,8 +74,9 @@ def test_tiny_run_produces_every_output(tiny_run):
     md = (res / "report" / "summary.md").read_text()
     masks = yaml.safe_load((ROOT / "config.yaml").read_text())["deeplab"].get("pseudo_masks", "icd_crf")
     assert "ICD+CRF" in md and "fully supervised" in md and f"trained on {MASK_NAMES[masks]}" in md
-    # every rule leaves a log and a benchmark
+    # every rule leaves a log and a benchmark (the dataset's shared stages one folder up)
     assert len(list((res / "benchmarks").glob("*.tsv"))) >= 10
+    assert {"make_embedded_dataset"} <= {p.stem for p in (res.parent / "benchmarks").glob("*.tsv")}
     # nothing is written outside results/ and .snakemake/
     assert {p.name for p in tiny_run.iterdir()} <= {"results", ".snakemake"}
 
@@ -93,6 +94,26 @@ def test_config_section_change_reruns_stage_and_downstream_only(tiny_run):
     proc = run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config", "maps={batch_size: 3}")
     jobs = jobs_in_dry_run(proc)
     assert "extract_maps" in jobs and "train_icd" not in jobs
+
+
+def test_experiments_share_the_dataset_stage(tiny_run):
+    """A second experiment of the dataset reuses its data and superpixels, and writes its own
+    results; other superpixel settings get their own superpixels, still on the same data."""
+    proc = run_snakemake(tiny_run, "-n", "-p", f"--configfile={TINY}", "all", "--config", "experiment=other",
+                         "seeds={icd_bg_threshold: 0.00001}")
+    jobs = jobs_in_dry_run(proc)
+    assert {"train_icd", "make_pseudo_masks", "train_deeplab", "resolved_config", "summarize"} <= jobs
+    assert not jobs & {"make_embedded_dataset", "superpixels"}
+    assert "--out-dir results/tiny/other/icd" in proc.stdout and "results/tiny/data" in proc.stdout
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config",
+                                         "experiment=other", "superpixels={max_regions: 5}"))
+    assert "superpixels" in jobs and "make_embedded_dataset" not in jobs
+    # the experiment's resolved config lies beside its results, with the origin of each value
+    resolved = (tiny_run / "results" / "tiny" / "default" / "resolved_config.yaml").read_text()
+    assert yaml.safe_load(resolved)["icd"]["backbone"] == "tiny"
+    assert f"# {TINY}" in resolved and "# config.yaml" in resolved
+    # compare: the finished default experiment needs nothing else
+    assert jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "compare")) == {"compare"}
 
 
 def test_module_edit_reruns_stage_and_downstream_only(tiny_run, tmp_path):
@@ -132,6 +153,6 @@ def test_saliency_background_end_to_end(tiny_run, tmp_path):
                          "seeds={background: saliency}")
     out = proc.stdout + proc.stderr
     assert "masks/icd_sal" in out and "train_icd" not in out
-    table = pd.read_csv(work / "results" / "tiny" / "pseudo_masks" / "table.csv")
+    table = pd.read_csv(work / "results" / "tiny" / "default" / "pseudo_masks" / "table.csv")
     assert "ICD+saliency" in set(table.method)
-    assert json.loads((work / "results" / "tiny" / "deeplab" / "pseudo" / "summary.json").read_text())["miou"] >= 0
+    assert json.loads((work / "results" / "tiny" / "default" / "deeplab" / "pseudo" / "summary.json").read_text())["miou"] >= 0

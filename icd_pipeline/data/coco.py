@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from icd_pipeline.misc.progress import progress as progress_bar
 
 from icd_pipeline.data.prepare import check_counts, link_or_copy
 from icd_pipeline.data.voc import VOID, DataError, image_size, write_palette_png
@@ -374,7 +374,7 @@ def prepare_coco(images_roots: dict[str, str | Path], annotations_dir: str | Pat
         for list_name, ids in lists.items():
             (tmp / "ImageSets" / "Segmentation" / f"{list_name}.txt").write_text("".join(f"{i}\n" for i in ids))
         with open(tmp / "image_labels.csv", "w", newline="") as fh, \
-                tqdm(total=sum(split_sizes.values()), desc="prepare coco2014", unit=" images",
+                progress_bar(total=sum(split_sizes.values()), desc="prepare coco2014", unit=" images",
                      file=sys.stderr, disable=not progress) as bar:
             writer = csv.writer(fh)
             writer.writerow(["id", "split"] + class_names[1:])

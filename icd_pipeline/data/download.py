@@ -52,6 +52,7 @@ from tqdm import tqdm
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.data.voc import DataError
 from icd_pipeline.misc.io import atomic_dir, atomic_path
+from icd_pipeline.misc.progress import progress as progress_bar
 from icd_pipeline.misc.runtime import get_logger
 
 log = get_logger("icd_pipeline.data.download")
@@ -124,7 +125,7 @@ def _copy_local(src: Path, part: Path, progress: bool) -> None:
         raise _Fatal(f"no such file: {src}")
     total = src.stat().st_size
     with open(src, "rb") as fin, open(part, "wb") as fout, \
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+            progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                  desc=part.name[:-5], disable=not progress) as bar:
         while block := fin.read(CHUNK):
             fout.write(block)
@@ -179,7 +180,7 @@ def _fetch_http(url: str, part: Path, timeout: float, progress: bool) -> None:
         total = have + length if length is not None else None
         got = 0
         with open(part, mode) as fh, \
-                tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                progress_bar(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                      file=sys.stderr, desc=part.name[:-5], disable=not progress) as bar:
             try:
                 while block := resp.read(CHUNK):
@@ -341,7 +342,7 @@ def safe_extract(archive: str | Path, target_dir: str | Path, progress: bool = T
     kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         with atomic_dir(target_dir) as tmp, \
-                tqdm(unit=" files", file=sys.stderr, desc=f"extract {archive.name}",
+                progress_bar(unit=" files", file=sys.stderr, desc=f"extract {archive.name}",
                      disable=not progress) as bar:
             if is_zip:
                 _extract_zip(archive, tmp, bar)

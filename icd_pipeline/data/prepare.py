@@ -39,7 +39,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.data.voc import (
@@ -53,6 +52,7 @@ from icd_pipeline.data.voc import (
     write_palette_png,
 )
 from icd_pipeline.misc.io import atomic_dir, atomic_path
+from icd_pipeline.misc.progress import progress as progress_bar
 from icd_pipeline.misc.runtime import get_logger
 
 log = get_logger("icd_pipeline.data.prepare")
@@ -134,7 +134,7 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, out_dir: str | Path,
         for d in dirs.values():
             d.mkdir()
         (tmp / "ImageSets" / "Segmentation").mkdir(parents=True)
-        for image_id in tqdm(all_ids, desc="prepare voc2012", unit=" images", file=sys.stderr,
+        for image_id in progress_bar(all_ids, desc="prepare voc2012", unit=" images", file=sys.stderr,
                              disable=not progress):
             img = voc_root / "JPEGImages" / f"{image_id}.jpg"
             if not img.is_file():
@@ -188,7 +188,7 @@ def validate_folder(root: str | Path, splits: list[str], progress: bool = True) 
         raise DataError(f"{root}: dataset folder does not exist")
     layout = VOCLayout.open(root)
     counts: dict[str, int] = {}
-    for split in tqdm(list(dict.fromkeys(splits)), desc="validate", unit=" splits", file=sys.stderr,
+    for split in progress_bar(list(dict.fromkeys(splits)), desc="validate", unit=" splits", file=sys.stderr,
                       disable=not progress):
         counts[split] = len(layout.validate(split))
         log.info("%s: split %s ok (%d images)", root, split, counts[split])

@@ -76,11 +76,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args, validate
 from icd_pipeline.data.voc import VOID, DataError, write_palette_png
 from icd_pipeline.misc.io import atomic_dir
+from icd_pipeline.misc.progress import progress as progress_bar
 from icd_pipeline.misc.runtime import get_logger
 
 log = get_logger("icd_pipeline.data.synthetic")
@@ -491,7 +491,7 @@ def generate(out_dir: str | Path, params: dict, seed: int, progress: bool = True
         for d in dirs.values():
             d.mkdir()
         (tmp / "ImageSets" / "Segmentation").mkdir(parents=True)
-        bar = tqdm(total=sum(counts.values()), desc="embedded dataset", unit=" images",
+        bar = progress_bar(total=sum(counts.values()), desc="embedded dataset", unit=" images",
                    file=sys.stderr, disable=not progress)
         with bar:
             for split_index, split in enumerate(SPLITS):

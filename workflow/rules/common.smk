@@ -1,4 +1,5 @@
 # Shared helpers (config validation, paths, per-stage params) for the stage files.
+import glob
 import hashlib
 import json
 import os
@@ -10,14 +11,31 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-# `--config section={key: value}` arrives as strings: give them the schema's types first.
-from icd_pipeline.config import coerce_cli_strings
+# Snakemake has merged config.yaml, --configfile and --config already; rebuild the config from
+# those same layers with icd_pipeline.config's one merge (also behind `python -m
+# icd_pipeline.config show`), so that `base: paper` in a preset drops config.yaml, --config's
+# strings get the schema's types, and each leaf's origin is known.
+from icd_pipeline.config import resolve_workflow_config
 
-coerce_cli_strings(config)
+_resolved, CONFIG_ORIGINS = resolve_workflow_config(
+    configfiles=workflow.config_settings.configfiles,
+    cli_config=workflow.config_settings.config,
+    default_configfile=os.path.join(workflow.basedir, "config.yaml"),
+    use_default=not workflow.config_settings.replace_workflow_config,
+)
+config.clear()
+config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
-RES = f"results/{DATASET}"
+EXPERIMENT = config["experiment"]
+# Shared by every experiment of a dataset: the data (and downloads), the superpixels of each
+# superpixel setting, and those stages' logs and benchmarks.
+DATA_RES = f"results/{DATASET}"
+DATA_LOGS = f"{DATA_RES}/logs"
+DATA_BENCH = f"{DATA_RES}/benchmarks"
+# One experiment's results: everything from ICD training on, and its resolved config.
+RES = f"{DATA_RES}/{EXPERIMENT}"
 LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 TRAIN_SPLIT = config["dataset"]["train_split"]
@@ -40,7 +58,16 @@ def data_root():
     user's own folder for dataset.source = folder."""
     if config["dataset"]["source"] == "folder":
         return config["dataset"]["root"]
-    return f"{RES}/data"
+    return f"{DATA_RES}/data"
+
+
+def superpixel_key():
+    """The shared superpixel folder of this superpixel setting, <feature_backbone>-<hash of the
+    sections the stage reads>: experiments that agree on them share one file, and those that
+    differ do not overwrite each other."""
+    settings = stage_config("superpixels", "device").encode()
+    digest = hashlib.sha256(settings).hexdigest()[:8]
+    return f"{config['superpixels']['feature_backbone']}-{digest}"
 
 
 def stage_config(*sections):
@@ -74,7 +101,7 @@ def deeplab_masks(wildcards):
     if wildcards.target in ("pseudo", "saliency"):
         inputs = {"masks": f"{RES}/pseudo_masks/masks"}
     else:
-        inputs = {"manifest": f"{RES}/data/manifest.json"}
+        inputs = {"manifest": f"{DATA_RES}/data/manifest.json"}
     if config["deeplab"]["feature_cache"]:
         inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
     return inputs
@@ -108,8 +135,8 @@ def icd_training_inputs(wildcards):
     """train_icd reads the superpixels, and the frozen-backbone feature cache when
     icd.feature_cache is on."""
     inputs = {
-        "manifest": f"{RES}/data/manifest.json",
-        "superpixels": f"{RES}/superpixels/{TRAIN_SPLIT}.h5",
+        "manifest": f"{DATA_RES}/data/manifest.json",
+        "superpixels": f"{SUPERPIXELS}/{TRAIN_SPLIT}.h5",
     }
     if config["icd"]["feature_cache"]:
         inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
@@ -136,3 +163,14 @@ def maps_inputs(wildcards):
     if config["icd"]["feature_cache"] and wildcards.split == TRAIN_SPLIT:
         inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
     return inputs
+
+
+def finished_experiments():
+    """This experiment and every other one of the dataset that has finished (its summary),
+    so that `compare` reruns when one of them changes."""
+    done = {
+        os.path.dirname(os.path.dirname(p))
+        for p in glob.glob(f"{DATA_RES}/*/report/summary.csv")
+    }
+    done.add(RES)
+    return sorted(done)

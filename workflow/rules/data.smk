@@ -1,4 +1,5 @@
-# Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json.
+# Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json,
+# shared by every experiment of the dataset (its settings: dataset, and seed for the generator).
 # dataset.source picks one of: the embedded generator, VOC 2012 + SBD download, COCO 2014
 # download, a user folder.
 
@@ -8,11 +9,11 @@ if SOURCE == "synthetic":
 
     rule make_embedded_dataset:
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/make_embedded_dataset.log",
+            f"{DATA_LOGS}/make_embedded_dataset.log",
         benchmark:
-            f"{BENCH}/make_embedded_dataset.tsv"
+            f"{DATA_BENCH}/make_embedded_dataset.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -34,11 +35,11 @@ elif SOURCE == "voc2012":
 
     rule download_voc:
         output:
-            done=f"{RES}/downloads/extracted.json",
+            done=f"{DATA_RES}/downloads/extracted.json",
         log:
-            f"{LOGS}/download_voc.log",
+            f"{DATA_LOGS}/download_voc.log",
         benchmark:
-            f"{BENCH}/download_voc.tsv"
+            f"{DATA_BENCH}/download_voc.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -57,11 +58,11 @@ elif SOURCE == "voc2012":
         input:
             done=rules.download_voc.output.done,
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/prepare_voc.log",
+            f"{DATA_LOGS}/prepare_voc.log",
         benchmark:
-            f"{BENCH}/prepare_voc.tsv"
+            f"{DATA_BENCH}/prepare_voc.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -84,11 +85,11 @@ elif SOURCE == "coco2014":
 
     rule download_coco:
         output:
-            done=f"{RES}/downloads/extracted.json",
+            done=f"{DATA_RES}/downloads/extracted.json",
         log:
-            f"{LOGS}/download_coco.log",
+            f"{DATA_LOGS}/download_coco.log",
         benchmark:
-            f"{BENCH}/download_coco.tsv"
+            f"{DATA_BENCH}/download_coco.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -108,11 +109,11 @@ elif SOURCE == "coco2014":
         input:
             done=rules.download_coco.output.done,
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/prepare_coco.log",
+            f"{DATA_LOGS}/prepare_coco.log",
         benchmark:
-            f"{BENCH}/prepare_coco.tsv"
+            f"{DATA_BENCH}/prepare_coco.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 8
@@ -133,11 +134,11 @@ else:
 
     rule validate_dataset:
         output:
-            manifest=f"{RES}/data/manifest.json",
+            manifest=f"{DATA_RES}/data/manifest.json",
         log:
-            f"{LOGS}/validate_dataset.log",
+            f"{DATA_LOGS}/validate_dataset.log",
         benchmark:
-            f"{BENCH}/validate_dataset.tsv"
+            f"{DATA_BENCH}/validate_dataset.tsv"
         conda:
             "../../envs/icd-pipeline.yaml"
         threads: 1
@@ -154,4 +155,4 @@ else:
 
 rule data:
     input:
-        f"{RES}/data/manifest.json",
+        f"{DATA_RES}/data/manifest.json",

@@ -1,15 +1,20 @@
 # Stages "icd" (superpixels + classifier/ICD training) and "maps" (CAM/ICD logits to HDF5).
 
 
+# Superpixels depend on the data and the superpixel settings only: shared by the experiments
+# of a dataset, one folder per setting (superpixel_key()).
+SUPERPIXELS = f"{DATA_RES}/superpixels/{superpixel_key()}"
+
+
 rule superpixels:
     input:
-        manifest=f"{RES}/data/manifest.json",
+        manifest=f"{DATA_RES}/data/manifest.json",
     output:
-        h5=f"{RES}/superpixels/{{split}}.h5",
+        h5=f"{SUPERPIXELS}/{{split}}.h5",
     log:
-        f"{LOGS}/superpixels_{{split}}.log",
+        f"{DATA_LOGS}/superpixels_{superpixel_key()}_{{split}}.log",
     benchmark:
-        f"{BENCH}/superpixels_{{split}}.tsv"
+        f"{DATA_BENCH}/superpixels_{superpixel_key()}_{{split}}.tsv"
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
@@ -27,7 +32,7 @@ rule superpixels:
 
 rule feature_cache:
     input:
-        manifest=f"{RES}/data/manifest.json",
+        manifest=f"{DATA_RES}/data/manifest.json",
     output:
         h5=f"{RES}/features/{{split}}.h5",
     log:

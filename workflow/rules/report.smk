@@ -31,9 +31,9 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        dataset=DATASET,
+        dataset=f"{DATASET}/{EXPERIMENT}",
         code=code_hash("report.py"),
-        bench=BENCH,
+        bench=[DATA_BENCH, BENCH],
         masks=pseudo_mask_folder(),
     shell:
         "python -m icd_pipeline.report --dataset {params.dataset} --deeplab-masks {params.masks}"
@@ -48,3 +48,59 @@ rule summarize:
 rule report:
     input:
         rules.summarize.output,
+        f"{RES}/resolved_config.yaml",
+
+
+# The experiment's resolved config (each leaf with its origin), beside its results: compare
+# diffs these, and the file as --configfile reproduces the run (it starts with `base: paper`).
+localrules:
+    resolved_config,
+    compare,
+
+
+rule resolved_config:
+    output:
+        f"{RES}/resolved_config.yaml",
+    log:
+        f"{LOGS}/resolved_config.log",
+    benchmark:
+        f"{BENCH}/resolved_config.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        cfg=json.dumps(config, separators=(",", ":")),
+        origins=json.dumps(CONFIG_ORIGINS, sort_keys=True, separators=(",", ":")),
+        code=code_hash(),
+    shell:
+        "python -m icd_pipeline.config write --config-json {params.cfg:q}"
+        " --origins-json {params.origins:q} --out {output} > {log} 2>&1"
+
+
+rule compare:
+    input:
+        summaries=[f"{d}/report/summary.csv" for d in finished_experiments()],
+        configs=[f"{d}/resolved_config.yaml" for d in finished_experiments()],
+    output:
+        csv=f"{DATA_RES}/compare/compare.csv",
+        md=f"{DATA_RES}/compare/compare.md",
+        png=f"{DATA_RES}/compare/compare.png",
+    log:
+        f"{DATA_LOGS}/compare.log",
+    benchmark:
+        f"{DATA_BENCH}/compare.tsv"
+    conda:
+        "../../envs/icd-pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
+        out=lambda w, output: os.path.dirname(output.csv),
+        code=code_hash("compare.py", "report.py"),
+    shell:
+        "python -m icd_pipeline.compare --results {params.results} --out-dir {params.out} > {log} 2>&1"
