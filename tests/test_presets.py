@@ -104,14 +104,15 @@ def test_paper_recipe_in_code():
 
 def test_base_paper_ignores_whatever_config_yaml_holds(tmp_path):
     odd = tmp_path / "config.yaml"
-    odd.write_text("icd: {bn_shift_trainable: false, lr: 0.5, frozen_stages: 5}\n"
+    odd.write_text("icd: {bn_shift_trainable: false, lr: 0.5, frozen_stages: 5, momentum: 0.5}\n"
                    "pseudo_masks: {crf: {bilateral_compat: 0}}\nseeds: {icd_bg_threshold: 0.6}\n")
     config, _ = resolve_workflow_config([PRESETS / "voc2012.yaml"], default_configfile=odd)
     assert drift(config) == {}
     # a preset without `base: paper` inherits from config.yaml, and the command line wins over all
     config, origins = resolve_workflow_config([PRESETS / "voc2012_sample.yaml"], {"icd": {"epochs": "3"}},
                                               default_configfile=odd)
-    assert config["icd"]["lr"] == 0.5 and origins["icd.lr"] == "config.yaml"
+    assert config["icd"]["momentum"] == 0.5 and origins["icd.momentum"] == "config.yaml"
+    assert origins["icd.lr"] == "workflow/presets/voc2012_sample.yaml"
     assert config["icd"]["epochs"] == 3 and origins["icd.epochs"] == "command line"
 
 

@@ -108,8 +108,8 @@ def deeplab_masks(wildcards):
 
 
 def cache_arg(wildcards, input):
-    """--feature-cache FILE when the rule's input has the feature cache."""
-    return f"--feature-cache {input.features}" if "features" in input.keys() else ""
+    """' --feature-cache FILE' when the rule's input has the feature cache (shell: no space before)."""
+    return f" --feature-cache {input.features}" if "features" in input.keys() else ""
 
 
 def mask_dir_arg(wildcards, input):

@@ -42,7 +42,7 @@ rule train_deeplab:
         cache=cache_arg,
     shell:
         "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_deeplab --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {params.split} {params.mask_dir} {params.cache}"
+        " --data-root {params.root} --split {params.split} {params.mask_dir}{params.cache}"
         " --out-dir {params.out} > {log} 2>&1"
 
 

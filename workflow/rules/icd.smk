@@ -100,7 +100,7 @@ rule train_icd:
     shell:
         "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_icd --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} --eval-split {params.eval_split}"
-        " --superpixels {input.superpixels} {params.cache} --out-dir {params.out} > {log} 2>&1"
+        " --superpixels {input.superpixels}{params.cache} --out-dir {params.out} > {log} 2>&1"
 
 
 rule extract_maps:
@@ -127,7 +127,7 @@ rule extract_maps:
     shell:
         "python -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"
-        " --checkpoint {input.model} {params.cache} --out {output.h5} > {log} 2>&1"
+        " --checkpoint {input.model}{params.cache} --out {output.h5} > {log} 2>&1"
 
 
 rule icd:
