@@ -24,6 +24,10 @@ trained with, stored in its checkpoint). Written under ``--out``:
     ``image``, ``reason``: files that are not images or cannot be decoded.
 ``predict.json``
     the model (path and SHA-256) and settings the outputs were made with.
+``summary.json``
+    the run's counts (images found, segmented, done before, skipped) and images/s (the
+    Snakemake rule's output: Snakemake deletes a rule's outputs before running it, and the
+    CSV must survive to let a rerun skip the images already done).
 
 Inputs as a user has them: the EXIF orientation is applied (masks and overlays are upright,
 in the displayed size); greyscale, palette, CMYK and 16-bit images become 8-bit RGB (16-bit
@@ -410,6 +414,8 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
     write_csv_rows(out_dir / "skipped.csv", skipped_rows, ["image", "reason"])
     result = {"images": len(paths), "segmented": segmented, "done_before": done, "skipped": len(skipped_rows),
               "seconds": elapsed, "images_per_s": segmented / elapsed if elapsed > 0 and segmented else 0.0}
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
     LOG.info("segmented %d images in %.1f s (%.2f images/s), %d done before, %d skipped%s", segmented, elapsed,
              result["images_per_s"], done, len(skipped_rows),
              f" (see {out_dir / 'skipped.csv'})" if skipped_rows else "")

@@ -321,3 +321,20 @@ def test_real_sample_images(model_path, tmp_path):
     assert (int(rows["large"]["width"]), int(rows["large"]["height"])) == (first.width * 4, first.height * 4)
     with Image.open(tmp_path / "out" / "overlays" / "large.jpg") as ov:
         assert ov.size == (first.width * 4, first.height * 4)
+
+
+# --------------------------------------------------------------------------- the Snakemake target
+
+
+def test_snakemake_predict_target(tmp_path):
+    from smk import TINY, jobs_in_dry_run, run_snakemake
+
+    unset = run_snakemake(tmp_path, "-n", "--cores", "1", f"--configfile={TINY}", "predict", check=False)
+    assert unset.returncode != 0
+    assert "predict.images is not set" in unset.stdout + unset.stderr
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1", f"--configfile={TINY}", "predict",
+                        "--config", f"predict={{images: {photos}, model: full}}")
+    jobs = jobs_in_dry_run(dry)
+    assert {"predict_images", "train_deeplab"} <= jobs and "make_pseudo_masks" not in jobs

@@ -92,3 +92,14 @@ def pseudo_mask_folder():
     if config["seeds"]["background"] == "saliency":
         return "icd_sal"
     return config["deeplab"]["pseudo_masks"]
+
+
+def predict_images(wildcards):
+    """The image folder of predict.images; unset is an error that says how to set it."""
+    images = config["predict"]["images"]
+    if not images:
+        raise ValueError(
+            "predict.images is not set: name the folder of images to segment, e.g. "
+            "snakemake --cores 2 predict --config 'predict={images: /path/to/photos}'"
+        )
+    return images
