@@ -4,7 +4,8 @@
 
 Prints, on this machine's CPU (or CUDA with ``--device auto`` when present):
 
-* predict images/s on the embedded val split (200 images of 96 px, generated here unless
+* predict images/s (wall clock; and images per CPU-second, the figure that survives a
+  machine shared with other jobs) on the embedded val split (200 images of 96 px, generated here unless
   ``--embedded-root`` names a generated dataset) and on 50 real VOC sample photographs;
 * peak memory (max RSS of a fresh ``python -m icd_pipeline.predict`` process) on 50 and on
   200 real photographs: streaming means the two are about equal;
@@ -128,7 +129,8 @@ def main() -> int:
 
         t = time.time()
         emb = run_predict(args.model, val, work / "out_val", config_json)
-        print(f"embedded val: {emb['segmented']} images, {emb['images_per_s']:.2f} images/s "
+        print(f"embedded val: {emb['segmented']} images, {emb['images_per_s']:.2f} images/s, "
+              f"{emb['segmented'] / emb['cpu_seconds']:.2f} images per CPU-second "
               f"(wall with start-up {time.time() - t:.1f} s), max RSS {emb['max_rss_mb']:.0f} MB")
         real = sorted((args.sample_root / "JPEGImages").glob("*.jpg")) if args.sample_root.is_dir() else []
         small_n, large_n = args.sizes
@@ -138,7 +140,9 @@ def main() -> int:
             for n in (small_n, large_n):
                 folder = link_images(real[:n], work / f"real{n}")
                 res = run_predict(args.model, folder, work / f"out_real{n}", config_json)
-                print(f"real photographs x{n}: {res['images_per_s']:.2f} images/s, max RSS {res['max_rss_mb']:.0f} MB")
+                print(f"real photographs x{n}: {res['images_per_s']:.2f} images/s, "
+                      f"{res['segmented'] / res['cpu_seconds']:.2f} images per CPU-second, "
+                      f"max RSS {res['max_rss_mb']:.0f} MB")
         diff_files = [layout.image_path(i) for i in layout.ids(config["dataset"]["eval_split"])[:5]] + real[:5]
         diff = onnx_difference(args.model, diff_files, work)
         print(f"ONNX (onnxruntime CPU) vs PyTorch logits on {len(diff_files)} images: max abs difference {diff:.3g}")

@@ -324,8 +324,11 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
     csv_path, journal_path, info_path = out_dir / "predictions.csv", out_dir / JOURNAL, out_dir / "predict.json"
     fingerprint = _fingerprint(model_path, settings, max_side, alpha, class_names)
     previous = json.loads(info_path.read_text()) if info_path.is_file() else None
-    if overwrite or previous != fingerprint:
-        if previous is not None and previous != fingerprint and not overwrite:
+    # the model's path may differ between runs (relative, moved): its content decides
+    same = previous is not None and {k: v for k, v in previous.items() if k != "model"} \
+        == {k: v for k, v in fingerprint.items() if k != "model"}
+    if overwrite or not same:
+        if previous is not None and not same and not overwrite:
             LOG.info("%s: outputs were made with another model or other settings; redoing every image", out_dir)
         csv_path.unlink(missing_ok=True)
         journal_path.unlink(missing_ok=True)
@@ -353,7 +356,7 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
              len(skipped), model_path, list(settings.scales), settings.input_scale, settings.flip,
              "on" if settings.crf else "off", max_side, device)
 
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     segmented = 0
     new_journal = not journal_path.is_file()
     with open(journal_path, "a", newline="") as journal:
@@ -402,7 +405,7 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
                     bar.update(1)
             del loaded
         bar.close()
-    elapsed = time.time() - start
+    elapsed, cpu_seconds = time.time() - start, time.process_time() - cpu_start
 
     rows = _read_rows(csv_path, columns)
     rows.update(_read_rows(journal_path, columns))
@@ -413,7 +416,8 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
                      "reason": reason} for p, reason in sorted(skipped)]
     write_csv_rows(out_dir / "skipped.csv", skipped_rows, ["image", "reason"])
     result = {"images": len(paths), "segmented": segmented, "done_before": done, "skipped": len(skipped_rows),
-              "seconds": elapsed, "images_per_s": segmented / elapsed if elapsed > 0 and segmented else 0.0}
+              "seconds": elapsed, "images_per_s": segmented / elapsed if elapsed > 0 and segmented else 0.0,
+              "cpu_seconds": cpu_seconds}
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     LOG.info("segmented %d images in %.1f s (%.2f images/s), %d done before, %d skipped%s", segmented, elapsed,

@@ -234,10 +234,14 @@ def test_batching_gives_the_one_image_result(model_path, tmp_path):
         _save(Image.fromarray(_rgb(32, 40 + 8 * (i % 2), i)), images / f"{i}.png")
     a = predict.predict_folder(_config(batch_size=3), model_path, images, tmp_path / "a", progress=False)
     b = predict.predict_folder(_config(batch_size=1), model_path, images, tmp_path / "b", progress=False)
+    # without a config, the test settings stored in the checkpoint (the same TEST here)
+    assert predict.main(["--model", str(model_path), "--images", str(images), "--out", str(tmp_path / "c"),
+                         "--no-progress", "--batch-size", "2"]) == 0
     assert a["segmented"] == b["segmented"] == 5
     for i in range(5):
-        np.testing.assert_array_equal(read_mask(tmp_path / "a" / "masks" / f"{i}.png"),
-                                      read_mask(tmp_path / "b" / "masks" / f"{i}.png"))
+        for other in ("b", "c"):
+            np.testing.assert_array_equal(read_mask(tmp_path / "a" / "masks" / f"{i}.png"),
+                                          read_mask(tmp_path / other / "masks" / f"{i}.png"))
 
 
 def test_large_image_is_downscaled_and_mask_upsampled(model_path, tmp_path):
