@@ -96,7 +96,7 @@ def test_torchscript_runs_without_the_package(checkpoint, tmp_path):
     # a clean environment: no PYTHONPATH, run from a folder outside the repository
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, images in enumerate(_inputs()):
         logits = np.load(tmp_path / f"out{i}.npy")
