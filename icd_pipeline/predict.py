@@ -159,7 +159,7 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         img = Image.alpha_composite(white, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img)
+    return np.array(img)  # writable (np.asarray of a PIL image is read-only; pydensecrf needs writable)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -186,7 +186,7 @@ def network_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+    return np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

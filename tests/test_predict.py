@@ -252,6 +252,9 @@ def test_large_image_is_downscaled_and_mask_upsampled(model_path, tmp_path):
     del big
     result = predict.predict_folder(_config(max_side=96), model_path, images, tmp_path / "out", progress=False)
     assert result["segmented"] == 1
+    # with the CRF as well (it runs on the downscaled image)
+    crf_config = validate({"device": "cpu", "deeplab": dict(TEST, test_crf=True), "predict": {"max_side": 96}})
+    assert predict.predict_folder(crf_config, model_path, images, tmp_path / "crf", progress=False)["segmented"] == 1
     mask = read_mask(tmp_path / "out" / "masks" / "big.png")
     assert mask.shape == (4000, 6000)
     # the mask is the network's 96x64 answer upsampled (nearest): constant blocks of ~62 px
@@ -284,14 +287,19 @@ def test_predict_matches_infer_deeplab_on_embedded_val(model_path, tmp_path):
     synthetic.generate(root, params["dataset"]["synthetic"], seed=0, progress=False)
     layout = VOCLayout.open(root)
     assert layout.num_classes == 3
-    config = validate({"device": "cpu", "deeplab": dict(TEST, batch_size=2)})
+    # with the test-time CRF, which both take from the same place
+    crf = dict(test_crf=True, test_crf_params=dict(gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=20,
+                                                   bilateral_srgb=13, bilateral_compat=5, iterations=2))
+    config = validate({"device": "cpu", "deeplab": dict(TEST, batch_size=2, **crf)})
     infer_deeplab.infer(config, root, "val", model_path, tmp_path / "pred", tmp_path / "pc.csv",
                         tmp_path / "s.json", progress=False)
     val = tmp_path / "val_images"
     val.mkdir()
     for image_id in layout.ids("val"):
         shutil.copy(layout.image_path(image_id), val / layout.image_path(image_id).name)
-    predict.predict_folder(_config(), model_path, val, tmp_path / "out", progress=False)
+    predict_config = validate({"device": "cpu", "deeplab": dict(TEST, **crf), "predict": {}})
+    predict.predict_folder(predict_config, model_path, val, tmp_path / "out", progress=False)
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["test_crf"] is True
     for image_id in layout.ids("val"):
         np.testing.assert_array_equal(read_mask(tmp_path / "out" / "masks" / f"{image_id}.png"),
                                       read_mask(tmp_path / "pred" / f"{image_id}.png"))
