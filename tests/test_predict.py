@@ -350,3 +350,22 @@ def test_snakemake_predict_target(tmp_path):
                         "--config", f"predict={{images: {photos}, model: full}}")
     jobs = jobs_in_dry_run(dry)
     assert {"predict_images", "train_deeplab"} <= jobs and "make_pseudo_masks" not in jobs
+
+
+@pytest.mark.slow
+def test_snakemake_predict_runs(tiny_run):
+    """The predict target on the tiny run's trained DeepLab (only the predict job runs)."""
+    from smk import TINY, run_snakemake
+
+    photos = tiny_run / "my_photos"
+    for i in range(3):
+        _save(Image.fromarray(_rgb(48, 64, i)), photos / f"p{i}.jpg")
+    (photos / "broken.png").write_text("not an image")
+    run_snakemake(tiny_run, "--cores", "2", f"--configfile={TINY}", "predict",
+                  "--config", f"predict={{images: {photos}, model: full}}")
+    out = tiny_run / "results" / "tiny" / "predict" / "full"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["segmented"] == 3 and summary["skipped"] == 1
+    assert [r["image"] for r in _rows(out / "predictions.csv")] == ["p0", "p1", "p2"]
+    assert read_mask(out / "masks" / "p0.png").shape == (48, 64)
+    assert (tiny_run / "results" / "tiny" / "logs" / "predict_full.log").is_file()
