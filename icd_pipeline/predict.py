@@ -35,8 +35,9 @@ values scaled by 1/257); transparent pixels (RGBA, LA, palette transparency) are
 over white. **Large images**: when the longer side exceeds ``predict.max_side`` (default
 1024), the image is downscaled (bilinear, antialiased) so that its longer side is
 ``max_side``, segmented at that size, and the label map is upsampled back to the input size
-(nearest neighbour); memory then depends on ``max_side``, not on the photograph (a
-6000x4000 photo costs its decoded pixels, 72 MB, plus the label map). Images whose network
+(nearest neighbour). The network's memory then depends on ``max_side``, not on the
+photograph; the photograph itself costs a few buffers of its size (decoded pixels, 72 MB for
+6000x4000, the label map and the overlay). Images whose network
 input has the same size are batched together (``predict.batch_size``); the batches follow
 one another in order of size, so a batch never holds padded images and every result equals
 the one-image result.
