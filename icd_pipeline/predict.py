@@ -429,6 +429,22 @@ def predict_folder(config: dict, model_path: str | Path, images_dir: str | Path,
     return result
 
 
+def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
+    """glibc only: serve allocations above ``threshold`` bytes by mmap, returned to the system
+    when freed. glibc's default threshold grows with each large block freed, after which the
+    network's activations, whose sizes change with every image size, come from the heap and
+    fragment it: peak memory then grows with the number of distinct image sizes."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -441,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=None, help="override predict.max_side")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
+    fix_mmap_threshold()
     try:
         config = config_from_args(args)
         if args.batch_size is not None:
