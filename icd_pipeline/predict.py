@@ -48,8 +48,11 @@ files only with ``--strict`` (or ``predict.strict``). A folder without any image
 Each output file is written atomically; a rerun skips the images whose mask, overlay and CSV
 row exist (``--overwrite`` redoes them), so an interrupted run continues where it stopped
 (CSV rows are journalled as they are made). Outputs of another model or other settings
-(``predict.json`` differs) are redone. Memory does not grow with the number of images: the
-images are read one batch at a time and rows go to the journal on disk.
+(``predict.json`` differs) are redone. What the run holds does not grow with the number of
+images: they are read one batch at a time and rows go to the journal on disk; the entry
+point also fixes glibc's mmap threshold (``fix_mmap_threshold``), since activations whose
+size changes with every image size otherwise fragment the heap (measured before the fix,
+random-head embedded DeepLab on VOC photos: max RSS 1.85 GB on 50 images, 2.63 GB on 200).
 """
 
 from __future__ import annotations
