@@ -26,6 +26,7 @@ include: "workflow/rules/icd.smk"
 include: "workflow/rules/pseudo_masks.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:

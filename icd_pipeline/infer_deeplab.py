@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +86,56 @@ def crf_params(config: dict) -> dict:
     return {k: src[k] for k in CRF_KEYS}
 
 
+@dataclass(frozen=True)
+class TestSettings:
+    """How a trained DeepLab is run at test time (the ``deeplab.test_*`` keys of the config).
+
+    ``input_scale`` is the one the model was trained with (read from its checkpoint);
+    ``crf`` holds the dense CRF parameters, or None for no CRF."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    input_scale: float = 1.0
+    crf: dict | None = None
+
+    @classmethod
+    def from_config(cls, config: dict, meta: dict | None = None) -> "TestSettings":
+        section = config["deeplab"]
+        trained = (meta or {}).get("config", {})
+        return cls(scales=tuple(float(s) for s in section["test_scales"]), flip=bool(section["test_flip"]),
+                   input_scale=float(trained.get("input_scale", section.get("input_scale", 1.0))),
+                   crf=crf_params(config) if section["test_crf"] else None)
+
+    def as_dict(self) -> dict:
+        return {"test_scales": list(self.scales), "test_flip": self.flip, "test_crf": self.crf is not None,
+                "crf_params": self.crf, "input_scale": self.input_scale}
+
+
+def load_for_inference(checkpoint: str | Path, device: torch.device,
+                       num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """A trained DeepLab in eval mode, channels-last, on ``device``, and its checkpoint metadata."""
+    model, meta = load_deeplab(checkpoint, map_location=device, num_classes=num_classes)
+    return model.to(memory_format=torch.channels_last).eval(), meta
+
+
+def segment(model: torch.nn.Module, images: Sequence[np.ndarray], settings: TestSettings,
+            device: torch.device) -> list[np.ndarray]:
+    """Label maps (H, W) uint8 for RGB uint8 images of one size (H, W, 3): softmax averaged over
+    the test scales and flips (``predict_probs``), the dense CRF when asked, then the argmax.
+    The one inference path of ``infer_deeplab`` and ``predict``."""
+    batch = torch.stack([to_tensor(img) for img in images]).to(device)
+    probs = predict_probs(model, batch, settings.scales, settings.flip, settings.input_scale).cpu().numpy()
+    del batch
+    labels = []
+    for image, p in zip(images, probs):
+        if settings.crf is not None:
+            from .crf import dense_crf
+
+            p = dense_crf(image, p.astype(np.float32), **settings.crf)
+        labels.append(np.asarray(p).argmax(0).astype(np.uint8))
+    return labels
+
+
 def _batches(layout: VOCLayout, ids: list[str], batch_size: int):
     """Consecutive images of the same size, up to ``batch_size`` at a time."""
     pending: list[tuple[str, np.ndarray]] = []
@@ -105,35 +156,25 @@ def infer(config: dict, data_root: str | Path, split: str, checkpoint: str | Pat
     device = select_device(config.get("device", "auto"))
     layout = VOCLayout.open(data_root)
     ids = layout.ids(split)
-    model, meta = load_deeplab(checkpoint, map_location=device, num_classes=layout.num_classes)
-    model = model.to(memory_format=torch.channels_last).eval()
-    input_scale = float(meta.get("config", {}).get("input_scale", section["input_scale"]))
-    scales = [float(s) for s in section["test_scales"]]
-    flip = bool(section["test_flip"])
-    use_crf = bool(section["test_crf"])
-    params = crf_params(config) if use_crf else None
-    if use_crf:
-        from .crf import dense_crf
+    model, meta = load_for_inference(checkpoint, device, num_classes=layout.num_classes)
+    settings = TestSettings.from_config(config, meta)
     batch_size = max(1, int(section.get("batch_size", 8)))
     LOG.info("predicting %d %s images with %s (scales %s x input %.2f, flip %s, CRF %s) on %s",
-             len(ids), split, checkpoint, scales, input_scale, flip, params if use_crf else "off", device)
+             len(ids), split, checkpoint, list(settings.scales), settings.input_scale, settings.flip,
+             settings.crf if settings.crf else "off", device)
     start = time.time()
     with atomic_dir(pred_dir) as tmp:
         bar = progress_bar(total=len(ids), desc="predict", disable=not progress, file=sys.stderr)
         for batch in _batches(layout, ids, batch_size):
-            images = torch.stack([to_tensor(img) for _, img in batch]).to(device)
-            probs = predict_probs(model, images, scales, flip, input_scale).cpu().numpy()
-            for (image_id, image), p in zip(batch, probs):
-                if use_crf:
-                    p = dense_crf(image, p.astype(np.float32), **params)
-                write_palette_png(tmp / f"{image_id}.png", np.asarray(p).argmax(0).astype(np.uint8))
+            labels = segment(model, [img for _, img in batch], settings, device)
+            for (image_id, _), label in zip(batch, labels):
+                write_palette_png(tmp / f"{image_id}.png", label)
             bar.update(len(batch))
         bar.close()
     seconds = time.time() - start
     ev = evaluate_dirs(layout, ids, pred_dir, ignore_pred_void=False, progress=progress)
     extra = {"split": split, "checkpoint": str(checkpoint), "model": meta["model"], "backbone": meta["backbone"],
-             "test_scales": scales, "test_flip": flip, "test_crf": use_crf, "crf_params": params,
-             "input_scale": input_scale, "seconds": seconds}
+             **settings.as_dict(), "seconds": seconds}
     summary = write_results(ev, layout.class_names, out_csv, out_json, extra)
     LOG.info("%s mIoU %.4f (pixel acc %.4f) in %.1f s", split, summary["miou"], summary["pixel_acc"], seconds)
     return summary

@@ -174,3 +174,14 @@ def finished_experiments():
     }
     done.add(RES)
     return sorted(done)
+
+
+def predict_images(wildcards):
+    """The image folder of predict.images; unset is an error that says how to set it."""
+    images = config["predict"]["images"]
+    if not images:
+        raise ValueError(
+            "predict.images is not set: name the folder of images to segment, e.g. "
+            "snakemake --cores 2 predict --config 'predict={images: /path/to/photos}'"
+        )
+    return images
