@@ -109,9 +109,23 @@ def set_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int) -> floa
     return poly_lr(1.0, iteration, total)
 
 
-def fingerprint(section: dict, seed: int, split: str, mask_dir: str | None, data_root: str) -> str:
-    """What a resumable checkpoint must match (config, seed, split, masks, data)."""
-    blob = json.dumps({"deeplab": section, "seed": seed, "split": split, "mask_dir": mask_dir,
+def masks_stamp(mask_dir: str | None, ids) -> str | None:
+    """Size and modification time of every training mask of a pseudo-mask folder: regenerated
+    pseudo-masks (new seeds, another threshold) land in the same folder, and a checkpoint of
+    the old ones must not be resumed on them."""
+    if mask_dir is None:
+        return None
+    h = hashlib.sha256()
+    for image_id in ids:
+        st = (Path(mask_dir) / f"{image_id}.png").stat()
+        h.update(f"{image_id}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(section: dict, seed: int, split: str, mask_dir: str | None, data_root: str,
+                masks: str | None = None) -> str:
+    """What a resumable checkpoint must match (config, seed, split, masks and their stamp, data)."""
+    blob = json.dumps({"deeplab": section, "seed": seed, "split": split, "mask_dir": mask_dir, "masks": masks,
                        "data_root": str(Path(data_root).resolve())}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -250,7 +264,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
     grad_clip = None if section.get("grad_clip") is None else float(section["grad_clip"])
 
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    fp = fingerprint(section, seed, split, mask_dir, str(data_root))
+    fp = fingerprint(section, seed, split, mask_dir, str(data_root), masks_stamp(mask_dir, dataset.ids))
     rows: list[dict] = []
     start_epoch = 0
     if ckpt_path.is_file():

@@ -296,3 +296,25 @@ def test_missing_pseudo_mask_is_an_error(data_root, tmp_path, capsys):
                              "train", "--mask-dir", str(masks), "--out-dir", str(tmp_path / "o"), "--no-progress"])
     assert rc == 1
     assert "train_000.png" in capsys.readouterr().err
+
+
+def test_regenerated_pseudo_masks_start_afresh(data_root, tmp_path):
+    """Pseudo-masks rewritten in the same folder (another seed threshold) must not let a
+    finished checkpoint of the old masks be resumed."""
+    import shutil
+    import time
+
+    from icd_pipeline.data.voc import VOCLayout
+
+    masks = tmp_path / "masks"
+    shutil.copytree(Path(data_root) / "SegmentationClass", masks)
+    ids = VOCLayout.open(data_root).ids("train")
+    stamp = train_deeplab.masks_stamp(str(masks), ids)
+    assert stamp == train_deeplab.masks_stamp(str(masks), ids) and train_deeplab.masks_stamp(None, ids) is None
+    time.sleep(0.01)
+    (masks / f"{ids[0]}.png").write_bytes((masks / f"{ids[1]}.png").read_bytes())
+    assert train_deeplab.masks_stamp(str(masks), ids) != stamp
+    cfg = _config(epochs=1)["deeplab"]
+    assert (train_deeplab.fingerprint(cfg, 0, "train", str(masks), str(data_root), stamp)
+            != train_deeplab.fingerprint(cfg, 0, "train", str(masks), str(data_root),
+                                         train_deeplab.masks_stamp(str(masks), ids)))
