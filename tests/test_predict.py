@@ -363,9 +363,9 @@ def test_snakemake_predict_runs(tiny_run):
     (photos / "broken.png").write_text("not an image")
     run_snakemake(tiny_run, "--cores", "2", f"--configfile={TINY}", "predict",
                   "--config", f"predict={{images: {photos}, model: full}}")
-    out = tiny_run / "results" / "tiny" / "predict" / "full"
+    out = tiny_run / "results" / "tiny" / "default" / "predict" / "full"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["segmented"] == 3 and summary["skipped"] == 1
     assert [r["image"] for r in _rows(out / "predictions.csv")] == ["p0", "p1", "p2"]
     assert read_mask(out / "masks" / "p0.png").shape == (48, 64)
-    assert (tiny_run / "results" / "tiny" / "logs" / "predict_full.log").is_file()
+    assert (tiny_run / "results" / "tiny" / "default" / "logs" / "predict_full.log").is_file()

@@ -1,6 +1,6 @@
 # Stage "predict": segment a folder of new images with a trained DeepLab.
 #   snakemake --cores 2 predict --config 'predict={images: /path/to/photos}'
-# Outputs under results/<dataset>/predict/<model>/: masks/, overlays/, predictions.csv,
+# Outputs under results/<dataset>/<experiment>/predict/<model>/: masks/, overlays/, predictions.csv,
 # skipped.csv (summary.json is the rule's declared output, so that Snakemake does not delete
 # the CSV a rerun reads to skip the images already done).
 
