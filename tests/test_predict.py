@@ -353,11 +353,11 @@ def test_snakemake_predict_target(tmp_path):
 
 
 @pytest.mark.slow
-def test_snakemake_predict_runs(tiny_run):
+def test_snakemake_predict_runs(tiny_run, tmp_path):
     """The predict target on the tiny run's trained DeepLab (only the predict job runs)."""
     from smk import TINY, run_snakemake
 
-    photos = tiny_run / "my_photos"
+    photos = tmp_path / "my_photos"  # outside the run folder, which holds only results/ and .snakemake/
     for i in range(3):
         _save(Image.fromarray(_rgb(48, 64, i)), photos / f"p{i}.jpg")
     (photos / "broken.png").write_text("not an image")
