@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run_benchmark.py                  # embedded dataset, seeds 0 1 2
     .venv/bin/python benchmarks/run_benchmark.py --seeds 0        # one seed (faster)
     .venv/bin/python benchmarks/run_benchmark.py --preset sample --sample-root ../shared/data/voc2012-sample/VOC2012
+    .venv/bin/python benchmarks/run_benchmark.py --preset sample --sample-lists animals --sample-root ...
 
 For every seed it runs the whole DAG (``snakemake all``, plus DeepLab on the ICD+saliency seeds
 when the dataset ships saliency maps) under ``results/<dataset>[-seedN]/<experiment>/`` (the
@@ -43,6 +44,7 @@ from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.report import read_benchmarks, to_markdown  # noqa: E402
 
 PY = sys.executable
+SPLITS: dict[str, str] = {}  # dataset split overrides (--sample-lists animals)
 ENV = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
@@ -67,6 +69,7 @@ def snakemake_args(name: str, seed: int, *args: str) -> list[str]:
     """snakemake ARGS (targets, flags) with the preset's config file, and the seed and dataset
     name of one run (last: --config and --configfile take every value that follows them)."""
     dataset = f"name: {name}" + (f", root: {SAMPLE_ROOT}" if SAMPLE_ROOT else "")
+    dataset += "".join(f", {k}: {v}" for k, v in SPLITS.items())
     return [PY, "-m", "snakemake", *args, "--cores", str(ARGS.cores), *PRESET_ARGS,
             "--config", f"seed={seed}", f"dataset={{{dataset}}}"]
 
@@ -101,6 +104,15 @@ def quality(name: str, saliency: bool) -> dict[str, float]:
     q["DeepLab val mIoU on ICD pseudo-masks"] = pseudo
     q["DeepLab val mIoU, full supervision"] = full
     q["DeepLab pseudo / full"] = pseudo / full
+    # what a researcher checks first: the classifier, and every class of every row
+    classifier = res / "icd" / "classifier.json"
+    if classifier.is_file():
+        q["classifier mAP (eval split)"] = json.loads(classifier.read_text())["map"]
+    per_class = pd.read_csv(res / "pseudo_masks" / "per_class.csv").dropna(subset=["iou"])
+    q.update({f"pseudo-mask IoU {r.method} {r['class']}": float(r.iou) for _, r in per_class.iterrows()})
+    for target in ("pseudo", "full"):
+        dl = pd.read_csv(res / "deeplab" / target / "per_class.csv").dropna(subset=["iou"])
+        q.update({f"DeepLab {target} IoU {r['class']}": float(r.iou) for _, r in dl.iterrows()})
     if saliency:
         sal = json.loads((res / "deeplab" / "saliency" / "summary.json").read_text())["miou"]
         q["DeepLab val mIoU on ICD+saliency seeds"] = sal
@@ -215,6 +227,8 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--preset", choices=["embedded", "sample"], default="embedded")
     parser.add_argument("--sample-root", default=None, help="VOC2012 folder of the real sample (preset sample)")
+    parser.add_argument("--sample-lists", choices=["all", "animals"], default="all",
+                        help="preset sample: train/val (20 classes) or train_animals/val_animals")
     ARGS = parser.parse_args()
     PRESET_ARGS, SAMPLE_ROOT = [], None
     files = [ROOT / "config.yaml"]
@@ -228,6 +242,10 @@ def main() -> int:
     cfg = load_config(files)
     if SAMPLE_ROOT:
         cfg["dataset"]["root"] = SAMPLE_ROOT
+        if ARGS.sample_lists == "animals":
+            SPLITS.update(train_split="train_animals", eval_split="val_animals")
+            cfg["dataset"].update(SPLITS)
+            cfg["dataset"]["name"] += "-animals"
     base = cfg["dataset"]["name"]
     EXPERIMENT = cfg["experiment"]
     names = {s: base if s == cfg["seed"] else f"{base}-seed{s}" for s in ARGS.seeds}
