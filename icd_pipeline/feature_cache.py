@@ -87,6 +87,15 @@ def variants(icd_cfg: dict) -> list[tuple[float, bool]]:
     return [(float(s) * base, flip) for s in icd_cfg["scales"] for flip in (False, True)]
 
 
+def check_cache_argument(section_name: str, section: dict, feature_cache) -> None:
+    """``<section>.feature_cache`` and the stage's ``--feature-cache`` file go together."""
+    enabled = bool(section.get("feature_cache", False))
+    if enabled != (feature_cache is not None):
+        raise ConfigError(f"{section_name}.feature_cache is {enabled} but " + (
+            "a --feature-cache file was given" if feature_cache is not None
+            else "no --feature-cache file was given (run the feature_cache stage)"))
+
+
 def check_backbone_frozen(model) -> None:
     """The cache is exact only for a backbone that is a fixed function: no trainable
     parameter and every BatchNorm on its stored statistics in training mode."""
@@ -371,7 +380,8 @@ class CachedTrainDataset(_CachedSamples):
         sp = self.superpixels(image_id)
         return {"id": image_id, "label": torch.from_numpy(self.labels[image_id]),
                 "out": crop_features(out, top, left, self.cells), "icd": crop_features(icd, top, left, self.cells),
-                "superpixels": self.window(sp, ci, v, top, left, int(sp.max()) + 1)}
+                "superpixels": crop_superpixels(sp, self.cache.index[ci, v, 3:5], self.cache.variants[v][1], top,
+                                                left, self.cells, self.cache.stride)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
-from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache
+from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache, check_cache_argument
 from .misc import distributed as D
 from .misc.io import atomic_path, write_csv_rows
 from .misc.progress import progress as progress_bar
@@ -228,10 +228,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
     scale = float(section["input_scale"])
     transform = TrainTransform(crop_size=int(section["crop_size"]),
                                scales=[s * scale for s in section["scales"]], flip=bool(section["flip"]))
-    if bool(section.get("feature_cache", False)) != (feature_cache is not None):
-        raise ConfigError("deeplab.feature_cache is %s but %s" % (
-            section.get("feature_cache", False), "a --feature-cache file was given" if feature_cache
-            else "no --feature-cache file was given (run the feature_cache stage)"))
+    check_cache_argument("deeplab", section, feature_cache)
     cache = None
     if feature_cache is not None:
         if not section.get("freeze_backbone", False):

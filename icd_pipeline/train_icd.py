@@ -44,7 +44,8 @@ from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayo
 from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
                      td_loss, td_targets, update_sign, warmup_iterations, warmup_weight)
 from .misc import distributed as D
-from .feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen
+from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
+                            check_cache_argument)
 from .misc.io import atomic_path, write_csv_rows, write_json
 from .misc.runtime import get_logger, seed_everything, select_device, set_threads
 from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
@@ -212,10 +213,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     else:
         raise ValueError("superpixels are required: pass --superpixels FILE.h5")
     scales = [float(s) * float(cfg["input_scale"]) for s in cfg["scales"]]
-    if bool(cfg.get("feature_cache", False)) != (feature_cache is not None):
-        raise ConfigError("icd.feature_cache is %s but %s" % (
-            cfg.get("feature_cache", False), "a --feature-cache file was given" if feature_cache
-            else "no --feature-cache file was given (run the feature_cache stage)"))
+    check_cache_argument("icd", cfg, feature_cache)
     cache = None
     if feature_cache is not None:
         cache = FeatureCache(feature_cache, icd_cfg=cfg)
@@ -277,8 +275,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         dataset.set_epoch(epoch)
         # the order of a generator seeded with seed * 100003 + epoch, split between the processes
         loader = DataLoader(dataset, batch_size=local_bs, sampler=D.sampler(dataset, ctx, seed * 100003, epoch),
-                            drop_last=True, num_workers=int(cfg["num_workers"]),
-                            pin_memory=amp)
+                            drop_last=True, num_workers=int(cfg["num_workers"]), pin_memory=amp)
         model.train()
         sums = {k: 0.0 for k in ("loss", "loss_cls", "loss_bu", "loss_td", "td_pos_frac", "target_pos_frac")}
         scores, labels = [], []
