@@ -37,15 +37,80 @@ def bu_loss(b: torch.Tensor, y: torch.Tensor, weight: float = 10.0) -> torch.Ten
     return -weight * 0.5 * (s * b.float().pow(2).mean(dim=(2, 3))).sum() / b.shape[0]
 
 
+# --------------------------------------------------------------------------- multi-label images
+# A step beyond the paper (issue 16): the paper's L_bu learns w_c only from images labelled c
+# alone, so a class never seen alone keeps a random direction. With ``bottom_up_images: all``
+# a multi-label image also teaches w_c, over the pixels class c is given in that image
+# (``bottom_up_region``). A single-label image gets all its pixels, so a batch of single-label
+# images gives exactly the paper's losses, sign statistics and targets.
+
+BOTTOM_UP_REGIONS = ("owned", "others_removed")
+
+
+@torch.no_grad()
+def owned_pixels(cam_relu: torch.Tensor, y: torch.Tensor, floor: float = 0.2) -> torch.Tensor:
+    """(N, K, h, w) in {0, 1}: pixels class c owns in image n, i.e. where c is present, its
+    max-normalised CAM is the largest of the image's present classes and at least ``floor``."""
+    a = cam_relu.float() * y.float()[:, :, None, None]
+    a = a / a.flatten(2).max(dim=2).values.clamp(min=1e-5)[:, :, None, None]
+    a = torch.where(y.bool()[:, :, None, None], a, torch.full_like(a, -1.0))  # absent never wins
+    best = a.argmax(dim=1, keepdim=True)
+    owner = torch.zeros_like(a).scatter_(1, best, 1.0)
+    return owner * (a >= floor).float() * y.float()[:, :, None, None]
+
+
+@torch.no_grad()
+def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "others_removed",
+                     floor: float = 0.2) -> torch.Tensor:
+    """The pixels each (image, present class) teaches w_c with, (N, K, h, w) in {0, 1}.
+
+    Single-label images: every pixel (the paper's L_bu). Multi-label images:
+    ``owned`` - the pixels class c owns (:func:`owned_pixels`): its object, as the CAM sees it;
+    ``others_removed`` - every pixel no other present class owns: the image as if it showed
+    c alone (its object and the background), which is what a single-label image gives.
+    """
+    if region not in BOTTOM_UP_REGIONS:
+        raise ValueError(f"bottom_up_region must be one of {BOTTOM_UP_REGIONS}, got {region!r}")
+    y = y.float()
+    own = owned_pixels(cam_relu, y, floor)
+    if region == "owned":
+        multi = own
+    else:
+        others = own.sum(dim=1, keepdim=True) - own  # owned by a present class other than c
+        multi = (1.0 - others.clamp(max=1.0)) * y[:, :, None, None]
+    single = (y.sum(dim=1) == 1)[:, None, None, None]
+    return torch.where(single, y[:, :, None, None].expand_as(own), multi)
+
+
+def bu_loss_regions(b: torch.Tensor, y: torch.Tensor, region: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
+    """L_bu over every image (``bottom_up_images: all``): -(weight / 2N) sum_n sum_c of the
+    mean of b_nc(p)^2 over the pixels of ``region`` (:func:`bottom_up_region`), so an image
+    counts once per class whatever the size of its region; an empty region counts 0.
+
+    Written as mean_p(region * b^2) * hw / |region| so that a full region (a single-label image)
+    gives bit for bit :func:`bu_loss`'s term.
+    """
+    if region.shape != b.shape:
+        raise ValueError(f"bottom-up scores {tuple(b.shape)} and region {tuple(region.shape)} differ in shape")
+    region = region.float() * y.float()[:, :, None, None]
+    hw = b.shape[2] * b.shape[3]
+    count = region.sum(dim=(2, 3))
+    term = (region * b.float().pow(2)).mean(dim=(2, 3)) * (hw / count.clamp(min=1.0))
+    return -weight * 0.5 * term.sum() / b.shape[0]
+
+
 @torch.no_grad()
 def update_sign(sign_acc: torch.Tensor, b: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
-                momentum: float = 0.9, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                momentum: float = 0.9, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                region: torch.Tensor | None = None) -> torch.Tensor:
     """Sign EMA (spec 2.3), updated in place; returns sigma (K,) in {+1, -1}.
 
     mu+/- = mean of relu(CAM) over pixels where b > 0 / b < 0 (denominators clamped at 1e-5),
     averaged over the images that contain the class; classes absent from the batch keep
     their old accumulator. sigma_c = +1 iff acc_c[0] >= acc_c[1]. ``reduce`` (a sum over
-    training processes) makes the per-class means those of the global batch.
+    training processes) makes the per-class means those of the global batch. ``region``
+    (``bottom_up_images: all``, :func:`bottom_up_region`) restricts both means to the pixels
+    L_bu used, and an image whose region for c is empty does not count for c.
     """
     if b.shape != cam_relu.shape:
         raise ValueError(f"bottom-up scores {tuple(b.shape)} and CAM {tuple(cam_relu.shape)} differ in shape")
@@ -53,9 +118,13 @@ def update_sign(sign_acc: torch.Tensor, b: torch.Tensor, cam_relu: torch.Tensor,
     a = cam_relu.float()
     pos = (b > 0).float()
     neg = (b < 0).float()
+    y = y.float()
+    if region is not None:
+        pos = pos * region.float()
+        neg = neg * region.float()
+        y = y * (region.float().sum(dim=(2, 3)) > 0).float()
     mu_pos = (a * pos).sum(dim=(2, 3)) / pos.sum(dim=(2, 3)).clamp(min=1e-5)  # (N, K)
     mu_neg = (a * neg).sum(dim=(2, 3)) / neg.sum(dim=(2, 3)).clamp(min=1e-5)
-    y = y.float()
     sums = torch.stack([(y * mu_pos).sum(0), (y * mu_neg).sum(0), y.sum(dim=0)], dim=1)  # (K, 3)
     if reduce is not None:
         sums = reduce(sums)

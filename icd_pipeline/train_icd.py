@@ -16,8 +16,10 @@ gradient norm of each step; metrics.csv's ``clipped_steps`` counts the clipped s
 and ``grad_norm`` is their mean norm before clipping.
 
 One training step (spec 2.7): L = L_cls + L_bu + omega(k) L_td, where L_bu (x bu_weight)
-trains only the directions W on single-label images, the sign EMA and superpixel refinement
-build the top-down targets without gradient, and omega ramps up over ``warmup_epochs``.
+trains only the directions W on single-label images (``bottom_up_images: single``, the paper;
+``all`` also uses multi-label images over each class's ``bottom_up_region``, losses.py), the sign
+EMA and superpixel refinement build the top-down targets without gradient, and omega ramps up
+over ``warmup_epochs``.
 Images are resized by ``input_scale`` (the random scales of TrainTransform are multiplied by
 it) before the random crop of ``crop_size``.
 
@@ -41,8 +43,9 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
                        read_image)
-from .losses import (bu_loss, cls_loss, param_groups, poly_lr, pos_neg_normalize, set_lr, sp_refine,
-                     td_loss, td_targets, update_sign, warmup_iterations, warmup_weight)
+from .losses import (bottom_up_region, bu_loss, bu_loss_regions, cls_loss, param_groups, poly_lr,
+                     pos_neg_normalize, set_lr, sp_refine, td_loss, td_targets, update_sign, warmup_iterations,
+                     warmup_weight)
 from .misc import distributed as D
 from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
                             check_cache_argument)
@@ -173,11 +176,19 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     b = out["bu"]
     T = out["td"].float()
     l_cls = cls_loss(cam, y)
-    l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
+    region = None  # the paper: L_bu from single-label images, sign and targets over every pixel
+    if cfg.get("bottom_up_images", "single") == "all":
+        region = bottom_up_region(cam.detach().relu(), y, cfg.get("bottom_up_region", "others_removed"),
+                                  cfg.get("bottom_up_floor", 0.2))
+        l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
+    else:
+        l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
     with torch.no_grad():
         sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
-                            reduce=D.all_reduce_sum)  # a no-op in a single process
+                            reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
+        if region is not None:  # targets from the same pixels: none where another class owns
+            s = s * region
         r_n = pos_neg_normalize(sp_refine(s, sp, y))
     l_td = td_loss(T, r_n, y, threshold=cfg["td_mask_threshold"], weight=omega)
     with torch.no_grad():

@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
-from smk import TINY, run_snakemake
+from smk import ENV, TINY, run_snakemake
+
+# every process the tests start, snakemake's command-line parsing included (config show), gets
+# the fast-failing scontrol of tests/bin (tests/smk.py says why); test_slurm uses SLURM_ENV
+os.environ["PATH"] = ENV["PATH"]
 
 
 @pytest.fixture(scope="session")

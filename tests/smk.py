@@ -10,7 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+# The environment of the SLURM test: the venv's tools first, then the machine's (sbatch, squeue).
+SLURM_ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+# Every other snakemake process: the SLURM executor plugin (the [slurm] extra) asks
+# `scontrol show config` for MinJobAge whenever snakemake starts, and once test_slurm has
+# installed SLURM's client tools without a controller running, that call waits ~9 s for its
+# timeout (measured: a tiny dry run 11.4 s wall, 1.3 s CPU). tests/bin/scontrol fails at once.
+ENV = dict(SLURM_ENV, PATH=f"{BIN}{os.pathsep}{ROOT / 'tests' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def snakemake_cmd(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> list[str]:

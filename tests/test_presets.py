@@ -40,6 +40,8 @@ PAPER = {
     "icd.weight_decay": 0.0005,
     # 2.2, 2.5: bottom-up weight 10, top-down mask |r| > 0.2, warm-up 2 epochs
     "icd.bu_weight": 10.0, "icd.td_mask_threshold": 0.2, "icd.warmup_epochs": 2.0,
+    # 2.2: L_bu from single-label images only
+    "icd.bottom_up_images": "single",
     # 5.1: extraction single scale, no flip, batch 4
     "maps.scales": [1.0], "maps.flip": False, "maps.batch_size": 4,
     # 5.2, 5.4: seeds (image labels only): background = every present class's T < 0
