@@ -81,21 +81,26 @@ def run_predict(model: Path, images: Path, out: Path, config_json: str) -> dict:
     return result
 
 
-def onnx_difference(model_path: Path, image_files: list[Path], work: Path) -> float:
+def onnx_difference(model_path: Path, image_files: list[Path], work: Path) -> dict:
+    """Largest |ONNX - PyTorch| logit, the largest |logit| (the scale it is relative to) and
+    the share of pixels whose argmax class differs, over ``image_files`` at their own sizes."""
     import onnxruntime as ort
 
     onnx_path = work / "model.onnx"
     export.export(model_path, "onnx", onnx_path)
     wrapper, _ = export.build_export_module(model_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst, scale, flipped, pixels = 0.0, 0.0, 0, 0
     for f in image_files:
         x = torch.from_numpy(np.ascontiguousarray(predict.load_image(f).transpose(2, 0, 1))).float()[None] / 255
         with torch.no_grad():
             ref = wrapper(x).numpy()
         got = session.run(["logits"], {"images": x.numpy()})[0]
         worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
+        scale = max(scale, float(np.abs(ref).max()))
+        flipped += int((got.argmax(1) != ref.argmax(1)).sum())
+        pixels += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    return {"max_abs": worst, "max_logit": scale, "argmax_changed": flipped / max(pixels, 1)}
 
 
 def main() -> int:
@@ -145,7 +150,10 @@ def main() -> int:
                       f"max RSS {res['max_rss_mb']:.0f} MB")
         diff_files = [layout.image_path(i) for i in layout.ids(config["dataset"]["eval_split"])[:5]] + real[:5]
         diff = onnx_difference(args.model, diff_files, work)
-        print(f"ONNX (onnxruntime CPU) vs PyTorch logits on {len(diff_files)} images: max abs difference {diff:.3g}")
+        print(f"ONNX (onnxruntime CPU) vs PyTorch logits on {len(diff_files)} images: max abs difference "
+              f"{diff['max_abs']:.3g} (largest |logit| {diff['max_logit']:.3g}, relative "
+              f"{diff['max_abs'] / max(diff['max_logit'], 1e-12):.2g}); argmax class differs on "
+              f"{diff['argmax_changed']:.2%} of pixels")
     return 0
 
 

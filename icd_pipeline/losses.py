@@ -60,7 +60,7 @@ def owned_pixels(cam_relu: torch.Tensor, y: torch.Tensor, floor: float = 0.2) ->
 
 
 @torch.no_grad()
-def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "others_removed",
+def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "owned",
                      floor: float = 0.2) -> torch.Tensor:
     """The pixels each (image, present class) teaches w_c with, (N, K, h, w) in {0, 1}.
 

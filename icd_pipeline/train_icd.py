@@ -178,7 +178,7 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     l_cls = cls_loss(cam, y)
     region = None  # the paper: L_bu from single-label images, sign and targets over every pixel
     if cfg.get("bottom_up_images", "single") == "all":
-        region = bottom_up_region(cam.detach().relu(), y, cfg.get("bottom_up_region", "others_removed"),
+        region = bottom_up_region(cam.detach().relu(), y, cfg.get("bottom_up_region", "owned"),
                                   cfg.get("bottom_up_floor", 0.2))
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
     else:
