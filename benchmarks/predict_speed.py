@@ -8,7 +8,9 @@ Prints, on this machine's CPU (or CUDA with ``--device auto`` when present):
   machine shared with other jobs) on the embedded val split (200 images of 96 px, generated here unless
   ``--embedded-root`` names a generated dataset) and on 50 real VOC sample photographs;
 * peak memory (max RSS of a fresh ``python -m icd_pipeline.predict`` process) on 50 and on
-  200 real photographs: streaming means the two are about equal;
+  200 real photographs: streaming means the two are about equal. With mixed image sizes the
+  peak also grows with the number of distinct sizes (most likely per-shape kernel caches):
+  ``--same-size`` keeps the photographs of one size to separate the two effects;
 * the largest absolute difference between the ONNX file's logits (onnxruntime) and the PyTorch
   model's, on embedded and real images at their own sizes.
 
@@ -111,13 +113,20 @@ def main() -> int:
     parser.add_argument("--sample-root", type=Path, default=SAMPLE, help="VOC-layout folder of real photographs")
     parser.add_argument("--device", default="cpu", help="cpu | auto | cuda")
     parser.add_argument("--sizes", type=int, nargs=2, default=[50, 200], help="real-image counts for memory")
+    parser.add_argument("--same-size", action="store_true",
+                        help="real photographs of the most common size only: memory without shape-keyed caches")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override predict.batch_size (1: peak memory without batch-fill effects)")
     args = parser.parse_args()
 
     config = load_config([args.config])
     config["device"] = args.device
+    if args.batch_size is not None:
+        config["predict"]["batch_size"] = args.batch_size
     config_json = json.dumps({"device": args.device, "deeplab": config["deeplab"], "predict": config["predict"]})
     print(f"# torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, device {args.device}")
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, device {args.device}, "
+          f"predict.batch_size {config['predict']['batch_size']}")
     with tempfile.TemporaryDirectory(prefix="predict_speed_") as tmp:
         work = Path(tmp)
         if args.embedded_root is None:
@@ -138,6 +147,14 @@ def main() -> int:
               f"{emb['segmented'] / emb['cpu_seconds']:.2f} images per CPU-second "
               f"(wall with start-up {time.time() - t:.1f} s), max RSS {emb['max_rss_mb']:.0f} MB")
         real = sorted((args.sample_root / "JPEGImages").glob("*.jpg")) if args.sample_root.is_dir() else []
+        if args.same_size and real:
+            from collections import Counter
+
+            from PIL import Image
+            sizes = {f: Image.open(f).size for f in real}
+            common = Counter(sizes.values()).most_common(1)[0][0]
+            real = [f for f in real if sizes[f] == common]
+            print(f"# real photographs of {common[0]}x{common[1]} only: {len(real)}")
         small_n, large_n = args.sizes
         if len(real) < large_n:
             print(f"# real photographs: {len(real)} under {args.sample_root}, need {large_n}; skipped")
