@@ -29,6 +29,7 @@ import yaml
 from .config import BASE_KEY
 from .misc.io import atomic_path
 from .report import to_markdown
+from .viz import pyplot, save_png
 
 RESOLVED = "resolved_config.yaml"
 MISSING = "(unset)"
@@ -106,11 +107,9 @@ def compare_table(results: str | Path) -> tuple[pd.DataFrame, list[str], list[st
 
 
 def bar_chart(df: pd.DataFrame, metrics: list[str], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     n = len(df)
     width = 0.8 / max(n, 1)
@@ -127,10 +126,7 @@ def bar_chart(df: pd.DataFrame, metrics: list[str], out: Path, title: str) -> No
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,20 +26,11 @@ from typing import Sequence
 import numpy as np
 
 from .data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
-from .misc.io import atomic_path
 from .misc.runtime import get_logger
+from .viz import pyplot, save_png
 
 LOG = get_logger("deeplab_pictures")
 COLUMNS = ("image", "ground truth", "DeepLab on pseudo-masks", "DeepLab on ground truth")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def choose_ids(ids: Sequence[str], num: int) -> list[str]:
@@ -57,7 +48,7 @@ def colorize(mask: np.ndarray) -> np.ndarray:
 def prediction_grid(layout: VOCLayout, split: str, pred_dirs: Sequence[str | Path], out_png: str | Path,
                     num: int = 6) -> list[str]:
     ids = choose_ids(layout.ids(split), num)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(ids), len(COLUMNS), figsize=(2.0 * len(COLUMNS), 2.0 * len(ids)),
                              squeeze=False)
     for r, image_id in enumerate(ids):
@@ -78,10 +69,7 @@ def prediction_grid(layout: VOCLayout, split: str, pred_dirs: Sequence[str | Pat
                 ax.set_title(COLUMNS[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out_png)
     return ids
 
 
@@ -104,7 +92,7 @@ def iou_bars(per_class: dict[str, str | Path], out_png: str | Path) -> None:
     for label, (n, _) in series.items():
         if n != names:
             raise DataError(f"{per_class[label]}: classes {n} differ from {names}")
-    plt = _plt()
+    plt = pyplot()
     x = np.arange(len(names))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 3.6))
@@ -120,10 +108,7 @@ def iou_bars(per_class: dict[str, str | Path], out_png: str | Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("DeepLab per-class IoU")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from .data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
 from .maps_io import MapsError, MapsReader
-from .misc.io import atomic_path
 from .misc.runtime import get_logger
+from .viz import pyplot, save_png
 
 log = get_logger("pictures")
 
@@ -82,11 +82,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, cmap, alpha: float = 0.6) -> np
 def pseudo_mask_grid(layout: VOCLayout, split: str, maps_path: str | Path, masks_dir: str | Path,
                      out: str | Path, num: int = 6) -> list[str]:
     """Draw the grid; returns the ids shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     masks_dir = Path(masks_dir)
     split_ids = set(layout.ids(split))
     with MapsReader(maps_path) as reader:
@@ -118,10 +114,7 @@ def pseudo_mask_grid(layout: VOCLayout, split: str, maps_path: str | Path, masks
                 ax.set_title(COLUMNS[c], fontsize=9)
         label = ", ".join(names[c] if c < len(names) else str(c) for c in rec["class_ids"])
         axes[r][0].set_ylabel(f"{image_id}\n{label}", fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out, dpi=110)
     return ids
 
 

@@ -177,9 +177,8 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     T = out["td"].float()
     l_cls = cls_loss(cam, y)
     region = None  # the paper: L_bu from single-label images, sign and targets over every pixel
-    if cfg.get("bottom_up_images", "single") == "all":
-        region = bottom_up_region(cam.detach().relu(), y, cfg.get("bottom_up_region", "owned"),
-                                  cfg.get("bottom_up_floor", 0.2))
+    if cfg["bottom_up_images"] == "all":
+        region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
     else:
         l_bu = bu_loss(b, y, weight=cfg["bu_weight"])

@@ -1,5 +1,6 @@
-"""Figures: loss curves (more plots are added by other stages). Matplotlib with the Agg
-backend, imported lazily so that importing this module stays cheap."""
+"""Figures: loss curves, and the two pieces every stage's figures share (``pyplot``,
+``save_png``). Matplotlib with the Agg backend, imported lazily so that importing this module
+stays cheap."""
 
 from __future__ import annotations
 
@@ -10,15 +11,29 @@ from typing import Sequence
 from .misc.io import atomic_path
 
 
-def plot_loss_curves(csv_path: str | Path, png_path: str | Path, columns: Sequence[str],
-                     x_column: str = "epoch", title: str | None = None) -> None:
-    """Plot ``columns`` of a per-epoch metrics CSV against ``x_column`` (one panel per
-    column, so that losses of different scales stay readable); written atomically."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_png(fig, path: str | Path, dpi: int = 100) -> None:
+    """Lay out ``fig``, write it as a PNG atomically and close it."""
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(fig)
+
+
+def plot_loss_curves(csv_path: str | Path, png_path: str | Path, columns: Sequence[str],
+                     x_column: str = "epoch", title: str | None = None) -> None:
+    """Plot ``columns`` of a per-epoch metrics CSV against ``x_column`` (one panel per
+    column, so that losses of different scales stay readable); written atomically."""
+    plt = pyplot()
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     cols = [c for c in columns if rows and c in rows[0]]
@@ -33,8 +48,4 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path, columns: Sequen
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, png_path)

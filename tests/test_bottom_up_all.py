@@ -104,7 +104,8 @@ def test_sign_statistics_use_the_region_and_skip_images_without_one():
 
 def tiny_model_inputs(y):
     cfg = {"backbone": "tiny", "pretrained": False, "output_stride": 8, "head_channels": 16, "bu_weight": 10.0,
-           "td_mask_threshold": 0.2, "cam_head": "linear"}
+           "td_mask_threshold": 0.2, "cam_head": "linear", "bottom_up_images": "single",
+           "bottom_up_region": "owned", "bottom_up_floor": 0.2}
     torch.manual_seed(0)
     model = build_icd_model(cfg, K)
     with torch.no_grad():

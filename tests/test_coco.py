@@ -20,7 +20,7 @@ from icd_pipeline.data import coco, prepare
 from icd_pipeline.data import download as dl
 from icd_pipeline.data.voc import VOID, DataError, VOCLayout, read_mask
 from smk import TINY, jobs_in_dry_run, run_snakemake
-from test_download_prepare import _md5, _Server
+from test_download_prepare import _md5, _Server, server  # noqa: F401 (server: the local HTTP fixture)
 
 pytest.importorskip("pycocotools")
 
@@ -166,18 +166,6 @@ def coco_zips() -> dict[str, bytes]:
     zips["annotations_trainval2014.zip"] = _zip_bytes({
         f"annotations/instances_{s}2014.json": json.dumps(_instances(s)).encode() for s in ("train", "val")})
     return zips
-
-
-@pytest.fixture
-def server():
-    srv = _Server()
-    srv.thread.start()
-    try:
-        yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        srv.thread.join(timeout=5)
 
 
 def _download_cfg(srv: _Server, zips: dict[str, bytes], paths: dict[str, str] | None = None) -> dict:
