@@ -87,6 +87,20 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, world_size: in
     return ce_sum * world_size / count.clamp(min=1)
 
 
+def shrink_labels(target: torch.Tensor, stride: int | None) -> torch.Tensor:
+    """Label maps (B, H, W) at 1/``stride`` of their size, nearest to each output pixel's centre
+    (``nearest-exact``: the pixel a bilinear resize to that size is centred on), as DeepLab's
+    Caffe recipe shrinks its labels to the score map instead of upsampling the scores. The loss
+    at full crop size costs more than a frozen-feature head's own step (bilinear resize and
+    cross-entropy over every crop pixel); null or 1: unchanged."""
+    if not stride or stride <= 1:
+        return target
+    h, w = target.shape[-2:]
+    size = (max(1, round(h / stride)), max(1, round(w / stride)))
+    small = F.interpolate(target[:, None].float(), size=size, mode="nearest-exact")
+    return small[:, 0].to(target.dtype)
+
+
 def poly_lr(base_lr: float, iteration: int, total: int, power: float = POLY_POWER) -> float:
     return base_lr * (1.0 - min(iteration, total) / max(total, 1)) ** power
 
@@ -152,10 +166,12 @@ def check_masks(dataset) -> None:
 
 def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_its: int,
                     progress: bool = True, desc: str = "epoch", world_size: int = 1,
-                    grad_clip: float | None = None, base_lr: float = 1.0, divergence: dict | None = None) -> dict:
+                    grad_clip: float | None = None, base_lr: float = 1.0, divergence: dict | None = None,
+                    loss_stride: int | None = None) -> dict:
     """One pass over ``loader``; a non-finite loss raises NonFiniteLossError naming the
     iteration, the learning rate (``base_lr`` times the poly factor) and ``divergence``'s epoch,
-    epochs, hint and note (misc.stability.check_finite_losses). ``grad_clip``: max gradient norm."""
+    epochs, hint and note (misc.stability.check_finite_losses). ``grad_clip``: max gradient norm.
+    ``loss_stride``: loss and pixel accuracy on labels shrunk by it (``shrink_labels``)."""
     divergence = {"stage": "train_deeplab", "epoch": 1, "epochs": 1, **(divergence or {})}
     model.train()
     use_amp = device.type == "cuda"
@@ -175,7 +191,7 @@ def train_one_epoch(model, loader, optimizer, device, scaler, it0: int, total_it
             images = {"out": batch["out"].to(device, non_blocking=True)}
         else:
             images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        target = batch["mask"].to(device, non_blocking=True)
+        target = shrink_labels(batch["mask"].to(device, non_blocking=True), loss_stride)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             logits = model(images)
         up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -295,7 +311,8 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
         divergence = {"epoch": epoch + 1, "epochs": epochs, **divergence_advice("deeplab", section, ckpt_path, epoch)}
         stats = train_one_epoch(net, loader, optimizer, device, scaler, epoch * its_per_epoch, total_its,
                                 progress=progress, desc=f"epoch {epoch + 1}/{epochs}", world_size=ctx.world_size,
-                                grad_clip=grad_clip, base_lr=float(section["lr"]), divergence=divergence)
+                                grad_clip=grad_clip, base_lr=float(section["lr"]), divergence=divergence,
+                                loss_stride=section["loss_stride"])
         row = {"epoch": epoch + 1, "lr": float(section["lr"]) * stats["lr_factor"],
                **{k: stats[k] for k in ("loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")}}
         rows.append(row)

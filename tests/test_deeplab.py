@@ -114,6 +114,30 @@ def test_loss_ignores_void():
     assert float(train_deeplab.segmentation_loss(logits, empty)) == 0.0
 
 
+def test_shrink_labels_takes_each_output_pixels_centre():
+    target = torch.arange(64).reshape(1, 8, 8)
+    assert train_deeplab.shrink_labels(target, None) is target
+    assert train_deeplab.shrink_labels(target, 1) is target
+    small = train_deeplab.shrink_labels(target, 4)
+    # output pixel (i, j) covers rows/cols 4i..4i+3; its centre 4i+1.5 rounds to 4i+2
+    assert small.dtype == target.dtype and small.tolist() == [[[18, 22], [50, 54]]]
+    # void and class ids survive the float round trip
+    labels = torch.tensor([[[VOID, 3], [20, 0]]]).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    assert train_deeplab.shrink_labels(labels, 4).tolist() == [[[VOID, 3], [20, 0]]]
+
+
+def test_loss_at_a_stride_is_the_loss_on_shrunk_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, 4)
+    target = torch.randint(0, 5, (2, 16, 16))
+    target[0, :3] = VOID
+    small = train_deeplab.shrink_labels(target, 2)
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up, small, ignore_index=VOID)
+    torch.testing.assert_close(train_deeplab.segmentation_loss(logits, small), expected)
+    assert not torch.allclose(train_deeplab.segmentation_loss(logits, target), expected)
+
+
 def test_poly_lr():
     assert train_deeplab.poly_lr(0.1, 0, 100) == pytest.approx(0.1)
     assert train_deeplab.poly_lr(0.1, 50, 100) == pytest.approx(0.1 * 0.5 ** 0.9)
@@ -202,7 +226,8 @@ def _eval_loss(model, dataset):
     return float(torch.stack(losses).mean())
 
 
-def test_one_epoch_lowers_the_loss(data_root):
+@pytest.mark.parametrize("loss_stride", [None, 4])
+def test_one_epoch_lowers_the_loss(data_root, loss_stride):
     from icd_pipeline.data.voc import SegmentationDataset, VOCLayout
 
     torch.manual_seed(0)
@@ -214,8 +239,9 @@ def test_one_epoch_lowers_the_loss(data_root):
     loader = torch.utils.data.DataLoader(plain, batch_size=4, shuffle=True)
     before = _eval_loss(model, plain)
     for _ in range(3):  # three passes over 12 images = one "epoch" of 9 iterations
-        train_deeplab.train_one_epoch(model, loader, opt, torch.device("cpu"), None, 0, 100, progress=False)
-    after = _eval_loss(model, plain)
+        train_deeplab.train_one_epoch(model, loader, opt, torch.device("cpu"), None, 0, 100, progress=False,
+                                      loss_stride=loss_stride)
+    after = _eval_loss(model, plain)  # at the full label size either way
     assert after < before * 0.9
 
 
