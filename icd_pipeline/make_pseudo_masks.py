@@ -137,10 +137,11 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
         seeds_cfg = seeds_cfg or {}
         icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
-        icd = icd_seed(td, cam_maps, class_ids, icd_bg)
+        icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
+        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg)
         if saliency is not None:
             sal = saliency_seed(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
-                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg)
+                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg, icd_fg)
     out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),

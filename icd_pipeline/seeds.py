@@ -99,23 +99,25 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
     return (x - lo) / max(hi - lo, EPS)
 
 
-def _check_bg_threshold(icd_bg_threshold: float) -> float:
-    t = float(icd_bg_threshold)
+def _check_threshold(value: float, name: str) -> float:
+    t = float(value)
     if not 0 < t < 1:
-        raise ValueError(f"icd_bg_threshold must be in (0, 1), got {icd_bg_threshold}")
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
     return t
 
 
-def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], icd_bg_threshold: float = EPS):
+def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], icd_bg_threshold: float = EPS,
+               icd_fg_threshold: float = EPS):
     """Shared by the two seed modes: (labels of the winning class, FG, ICD background,
     ties to ignore on FG)."""
-    icd_bg_threshold = _check_bg_threshold(icd_bg_threshold)
+    icd_bg_threshold = _check_threshold(icd_bg_threshold, "icd_bg_threshold")
+    icd_fg_threshold = _check_threshold(icd_fg_threshold, "icd_fg_threshold")
     td = np.asarray(td, dtype=np.float32)
     _check(td, class_ids, "td")
     labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
     k = td.shape[0]
     p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
-    proposal = p > EPS
+    proposal = p > icd_fg_threshold
     candidate = proposal.argmax(axis=0)
     tie = np.zeros(td.shape[1:], bool)
     if k > 1:
@@ -142,13 +144,16 @@ def _compose(seed: np.ndarray, fg: np.ndarray, bg: np.ndarray, tie: np.ndarray) 
 
 
 def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
-             icd_bg_threshold: float = EPS) -> np.ndarray:
+             icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS) -> np.ndarray:
     """ICD seed (spec 5.2; the official ``_generate_seed`` without saliency).
 
     ``td``: top-down ICD logits T (K, H, W); ``cam``: CAM logits (K, H, W), needed when K > 1;
     ``class_ids``: the K present class ids (1-based) in map order.
 
-    - P_c = max(T_c, 0) / max(max T_c, 1e-5); fg_c = P_c > 1e-5; candidate = first fg class.
+    - P_c = max(T_c, 0) / max(max T_c, 1e-5); fg_c = P_c > f with f = ``icd_fg_threshold``
+      (1e-5 in the authors' code: any positive logit); candidate = first fg class. A larger f
+      leaves the weakly positive band, where the top-down map spills past the object, as 255
+      (the foreground counterpart of ``icd_bg_threshold``).
     - K > 1: Q = N(ReLU(CAM)) * P with N a min-max normalisation over the whole K x H x W
       array; where several classes propose foreground the class is argmax_c Q_c.
     - FG = any fg_c. BG = for every class min(T_c, 0) / min(min T_c, -1e-5) > t, with
@@ -159,22 +164,22 @@ def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
     - ignore = not (FG xor BG); with K > 1 also FG pixels where max_c Q - min_c Q <= 1e-5.
     - label = class id on FG, 0 on BG, 255 on ignore.
     """
-    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold)
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
     return _compose(seed, fg, icd_bg, tie)
 
 
 def saliency_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], saliency: np.ndarray,
                   bg_threshold: float = 0.01, min_salient_area: float = 0.01,
-                  icd_bg_threshold: float = EPS) -> np.ndarray:
+                  icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS) -> np.ndarray:
     """ICD seed with the background taken from a saliency map (spec 5.4, ``--use-sal``).
 
     ``saliency``: (H, W) in [0, 1]. FG and conflicts as :func:`icd_seed`; BG = saliency <
     ``bg_threshold``; when the salient area (saliency >= ``bg_threshold``) is under
-    ``min_salient_area`` of the image, BG must also be ICD background (``icd_bg_threshold`` as
-    in :func:`icd_seed`). Pixels where ICD foreground and saliency background disagree (both
+    ``min_salient_area`` of the image, BG must also be ICD background (``icd_bg_threshold`` and
+    ``icd_fg_threshold`` as in :func:`icd_seed`). Pixels where ICD foreground and saliency background disagree (both
     or neither) become 255.
     """
-    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold)
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != fg.shape:
         raise ValueError(f"saliency shape {saliency.shape} differs from the maps' {fg.shape}")

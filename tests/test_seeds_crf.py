@@ -65,6 +65,26 @@ def test_icd_seed_background_threshold_leaves_the_weak_band_void():
             icd_seed(td, None, [3], icd_bg_threshold=bad)
 
 
+def test_icd_seed_foreground_threshold_leaves_the_weak_band_void():
+    td = np.array([[[-1.0, 0.5, 1.0, 3.0, 10.0]]], np.float32)   # max 10: P = 0.05, 0.1, 0.3, 1
+    np.testing.assert_array_equal(icd_seed(td, None, [3])[0], [0, 3, 3, 3, 3])      # authors: 1e-5
+    np.testing.assert_array_equal(icd_seed(td, None, [3], icd_fg_threshold=0.2)[0], [0, 255, 255, 3, 3])
+    np.testing.assert_array_equal(icd_seed(td, None, [3], icd_fg_threshold=0.5)[0], [0, 255, 255, 255, 3])
+    # two classes: a pixel weakly positive for one and strong for the other goes to the strong one
+    # (the CAM decides only between classes that both pass the threshold)
+    td2 = np.stack([td[0], np.array([[-1.0, 8.0, 0.2, -1.0, -1.0]], np.float32)])
+    cam = np.ones_like(td2)
+    cam[0] = 2.0                                               # the CAM prefers class 3 everywhere
+    np.testing.assert_array_equal(icd_seed(td2, cam, [3, 4])[0], [0, 3, 3, 3, 3])
+    np.testing.assert_array_equal(icd_seed(td2, cam, [3, 4], icd_fg_threshold=0.2)[0], [0, 4, 255, 3, 3])
+    sal = np.zeros((1, 5), np.float32)
+    np.testing.assert_array_equal(saliency_seed(td, None, [3], sal, min_salient_area=0.5,
+                                                icd_fg_threshold=0.2)[0], [0, 255, 255, 3, 3])
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="icd_fg_threshold"):
+            icd_seed(td, None, [3], icd_fg_threshold=bad)
+
+
 def test_icd_seed_all_negative_is_background():
     td = -np.abs(np.random.default_rng(0).normal(size=(2, 5, 5))).astype(np.float32) - 0.1
     cam = np.random.default_rng(1).normal(size=(2, 5, 5)).astype(np.float32)
