@@ -134,7 +134,10 @@ def main() -> int:
     table.to_csv(out / f"linear_probe_{cfg['dataset']['name']}.csv", index=False, float_format="%.4f")
     print(f"L2 weight {best:g} chosen on a held-apart fifth of {args.train_split} "
           f"(mAP there: {', '.join(f'{k:g}: {v:.3f}' for k, v in held_map.items())})")
-    print(to_markdown(table.fillna(""), "{:.3f}"))
+    shown = table.astype(object).where(table.notna(), "")
+    for col in (f"{args.train_split} images", f"{args.eval_split} images"):
+        shown[col] = [v if v == "" else str(int(v)) for v in shown[col]]
+    print(to_markdown(shown, "{:.3f}"))
     return 0
 
 
