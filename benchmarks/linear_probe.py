@@ -41,7 +41,7 @@ from icd_pipeline.misc.progress import progress  # noqa: E402
 from icd_pipeline.misc.runtime import seed_everything, set_threads  # noqa: E402
 from icd_pipeline.models.icd import build_icd_model  # noqa: E402
 from icd_pipeline.report import to_markdown  # noqa: E402
-from icd_pipeline.train_icd import class_average_precision  # noqa: E402
+from icd_pipeline.train_icd import average_precision, class_average_precision  # noqa: E402
 
 L2_WEIGHTS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -77,11 +77,6 @@ def scores(x: np.ndarray, probe) -> np.ndarray:
     return (torch.tensor(x, dtype=torch.float64) @ w + b).numpy()
 
 
-def mean_ap(s: np.ndarray, y: np.ndarray) -> float:
-    aps = class_average_precision(s, y)
-    return float(np.mean(list(aps.values()))) if aps else float("nan")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
@@ -107,7 +102,7 @@ def main() -> int:
     # the L2 weight: chosen on a fifth of the training split held apart
     order = np.random.default_rng(args.seed).permutation(len(train_ids))
     held, fit = order[: len(order) // 5], order[len(order) // 5:]
-    held_map = {l2: mean_ap(scores(x_train[held], fit_probe(x_train[fit], y_train[fit], l2)), y_train[held])
+    held_map = {l2: average_precision(scores(x_train[held], fit_probe(x_train[fit], y_train[fit], l2)), y_train[held])
                 for l2 in L2_WEIGHTS}
     best = max(held_map, key=held_map.get)
     probe = fit_probe(x_train, y_train, best)

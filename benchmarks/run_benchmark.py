@@ -135,14 +135,19 @@ def subset_root(data_root: Path, work: Path, ids: list[str], n1: int) -> Path:
     return view
 
 
+def metric_adder(rows: list[dict]):
+    """add(metric, value, unit="") appends one single-run row (no spread) to ``rows``."""
+    def add(metric: str, value, unit: str = "") -> None:
+        rows.append({"metric": metric, "value": float(value), "spread": float("nan"), "unit": unit})
+    return add
+
+
 def stage_times(name: str) -> list[dict]:
     """Wall time and peak memory of every stage (Snakemake ``benchmark:`` files), their sum,
     the measured ``snakemake all`` wall time when this run did the work, training images/s."""
     res = results_dir(name)
     rows: list[dict] = []
-
-    def add(metric, value, unit=""):
-        rows.append({"metric": metric, "value": float(value), "spread": float("nan"), "unit": unit})
+    add = metric_adder(rows)
 
     bench = read_benchmarks(res.parent / "benchmarks", res / "benchmarks")
     for r in bench.itertuples():
@@ -167,9 +172,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
 
     res = results_dir(name)
     rows = stage_times(name)
-
-    def add(metric, value, unit=""):
-        rows.append({"metric": metric, "value": float(value), "spread": float("nan"), "unit": unit})
+    add = metric_adder(rows)
 
     split = cfg["dataset"]["train_split"]
     work = ROOT / "results" / "benchmark" / "work" / name

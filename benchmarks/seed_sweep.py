@@ -5,8 +5,9 @@
         [--icd-fg 1e-5 0.2 0.4] [--crf-config config.yaml PRESET.yaml] [--out CSV]
 
 For each CAM background threshold (pseudo_masks.cam_bg_threshold) and each pair of ICD
-background and foreground thresholds (seeds.icd_bg_threshold, seeds.icd_fg_threshold) it scores the seeds without CRF against the split's masks
-(mIoU with 255 counted as background, and with 255 left out), with the CRF of the given
+background and foreground thresholds (seeds.icd_bg_threshold, seeds.icd_fg_threshold) it
+scores the seeds without CRF against the split's masks (mIoU with 255 counted as background,
+and with 255 left out), with the CRF of the given
 config files too when ``--crf-config`` is given, and prints one row each; the
 choice and the figure that made it go in the preset's comment.
 """
