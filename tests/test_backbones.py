@@ -76,6 +76,30 @@ def test_efficientnet_lite0_real_weights_and_stride():
     assert [len(s) for s in bb.stages()] == [3, 2, 2, 3, 3, 4, 1]
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("efficientnet_lite0", {"pretrained": True, "output_stride": 16, "out_block": 10}),
+    ("tiny", {"pretrained": False, "output_stride": 8}),
+])
+def test_inference_copy_folds_bn_and_computes_the_same(name, kwargs):
+    """The feature cache's fast copy: no BN left, same features (float rounding), the
+    original untouched; odd sizes exercise efficientnet's size-dependent SAME padding."""
+    torch.manual_seed(0)
+    bb = B.build_backbone(name, **kwargs).eval()
+    if name == "tiny":  # non-trivial BN statistics
+        for m in bb.bn_modules():
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    fast = bb.inference_copy()
+    assert fast.bn_modules() == [] and len(bb.bn_modules()) == len(bb.conv_bn_pairs()) > 0
+    assert all(torch.equal(v, bb.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in fast.parameters())
+    x = torch.rand(2, 3, 77, 101)
+    with torch.no_grad():
+        ref, out = bb(x), fast(x.contiguous(memory_format=torch.channels_last))
+    for key in ("out", "icd"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-4 * float(ref[key].abs().max()))
+
+
 def test_freeze_stages_stops_gradients_and_keeps_bn_in_eval():
     model = build_icd_model({"backbone": "tiny", "pretrained": False, "output_stride": 8, "head_channels": 8,
                              "frozen_stages": 2}, 3)
