@@ -93,6 +93,21 @@ def test_checkpoint_round_trip(tmp_path):
         load_deeplab(tmp_path / "m.pt", num_classes=21)
 
 
+
+def test_load_for_inference_folds_bn_and_keeps_the_logits(tmp_path):
+    """infer_deeplab and predict run the backbone BN-folded: same logits up to float rounding."""
+    torch.manual_seed(0)
+    model = build_deeplab("deeplab_largefov", "efficientnet_lite0", 3, pretrained=True, output_stride=16)
+    save_deeplab(tmp_path / "m.pt", model, {"model": "deeplab_largefov"}, CLASSES)
+    fast, meta = infer_deeplab.load_for_inference(tmp_path / "m.pt", torch.device("cpu"))
+    assert fast.backbone.bn_modules() == [] and not fast.training and meta["class_names"] == CLASSES
+    x = torch.rand(2, 3, 75, 99)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
 # --------------------------------------------------------------------------- loss / test-time averaging
 
 
