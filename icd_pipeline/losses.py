@@ -44,7 +44,7 @@ def bu_loss(b: torch.Tensor, y: torch.Tensor, weight: float = 10.0) -> torch.Ten
 # (``bottom_up_region``). A single-label image gets all its pixels, so a batch of single-label
 # images gives exactly the paper's losses, sign statistics and targets.
 
-BOTTOM_UP_REGIONS = ("owned", "others_removed")
+BOTTOM_UP_REGIONS = ("owned", "others_removed", "owned_negatives")
 
 
 @torch.no_grad()
@@ -67,13 +67,14 @@ def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "own
     Single-label images: every pixel (the paper's L_bu). Multi-label images:
     ``owned`` - the pixels class c owns (:func:`owned_pixels`): its object, as the CAM sees it;
     ``others_removed`` - every pixel no other present class owns: the image as if it showed
-    c alone (its object and the background), which is what a single-label image gives.
+    c alone (its object and the background), which is what a single-label image gives;
+    ``owned_negatives`` - the ``owned`` pixels (and :func:`bu_negative_loss` on the others').
     """
     if region not in BOTTOM_UP_REGIONS:
         raise ValueError(f"bottom_up_region must be one of {BOTTOM_UP_REGIONS}, got {region!r}")
     y = y.float()
     own = owned_pixels(cam_relu, y, floor)
-    if region == "owned":
+    if region in ("owned", "owned_negatives"):
         multi = own
     else:
         others = own.sum(dim=1, keepdim=True) - own  # owned by a present class other than c
@@ -97,6 +98,29 @@ def bu_loss_regions(b: torch.Tensor, y: torch.Tensor, region: torch.Tensor, weig
     count = region.sum(dim=(2, 3))
     term = (region * b.float().pow(2)).mean(dim=(2, 3)) * (hw / count.clamp(min=1.0))
     return -weight * 0.5 * term.sum() / b.shape[0]
+
+
+def bu_negative_loss(b: torch.Tensor, y: torch.Tensor, cam_relu: torch.Tensor, sigma: torch.Tensor,
+                     floor: float = 0.2, weight: float = 10.0) -> torch.Tensor:
+    """``bottom_up_region: owned_negatives``: in a multi-label image the pixels another present
+    class owns (:func:`owned_pixels`) are background for class c, so c's bottom-up score must
+    not put them on its foreground side (``sigma_c b > 0``; ``sigma`` the current sign,
+    :func:`sign_of`): (weight / 2N) sum_n sum_c of the mean of relu(sigma_c b_nc)^2 over those
+    pixels. An image counts once per class; single-label images and pixels already on the
+    background side add nothing. Gradients reach ``b`` only (the pixel sets are fixed)."""
+    with torch.no_grad():
+        y = y.float()
+        own = owned_pixels(cam_relu, y, floor)
+        others = (own.sum(dim=1, keepdim=True) - own).clamp(max=1.0) * y[:, :, None, None]
+        others = others * (y.sum(dim=1) > 1).float()[:, None, None, None]
+    wrong = torch.relu(b.float() * sigma.to(b.device).float()[None, :, None, None]).pow(2)
+    per_class = (others * wrong).sum(dim=(2, 3)) / others.sum(dim=(2, 3)).clamp(min=1.0)
+    return weight * 0.5 * per_class.sum() / b.shape[0]
+
+
+def sign_of(sign_acc: torch.Tensor) -> torch.Tensor:
+    """sigma (K,) in {+1, -1} of the sign accumulator (spec 2.3): +1 iff mu+ >= mu-."""
+    return torch.where(sign_acc[:, 0] >= sign_acc[:, 1], 1.0, -1.0)
 
 
 @torch.no_grad()
@@ -134,7 +158,7 @@ def update_sign(sign_acc: torch.Tensor, b: torch.Tensor, cam_relu: torch.Tensor,
     acc = sign_acc.float()
     new = momentum * acc + (1.0 - momentum) * m.to(acc.device)
     sign_acc.copy_(torch.where(present[:, None].to(acc.device), new, acc).to(sign_acc.dtype))
-    return torch.where(sign_acc[:, 0] >= sign_acc[:, 1], 1.0, -1.0).to(b.device)
+    return sign_of(sign_acc).to(b.device)
 
 
 def _bilinear_corners(H: int, W: int, h: int, w: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:

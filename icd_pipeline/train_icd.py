@@ -43,9 +43,9 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
                        read_image)
-from .losses import (bottom_up_region, bu_loss, bu_loss_regions, cls_loss, param_groups, poly_lr,
-                     pos_neg_normalize, set_lr, sp_refine, td_loss, td_targets, update_sign, warmup_iterations,
-                     warmup_weight)
+from .losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, cls_loss, param_groups,
+                     poly_lr, pos_neg_normalize, set_lr, sign_of, sp_refine, td_loss, td_targets, update_sign,
+                     warmup_iterations, warmup_weight)
 from .misc import distributed as D
 from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
                             check_cache_argument)
@@ -180,6 +180,9 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     if cfg["bottom_up_images"] == "all":
         region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
+        if cfg["bottom_up_region"] == "owned_negatives":  # other classes' pixels: c's background
+            l_bu = l_bu + bu_negative_loss(b, y, cam.detach().relu(), sign_of(model.sign_acc),
+                                           cfg["bottom_up_floor"], weight=cfg["bu_weight"])
     else:
         l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
     with torch.no_grad():

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from icd_pipeline.losses import (bottom_up_region, bu_loss, bu_loss_regions, owned_pixels, update_sign)
+from icd_pipeline.losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, owned_pixels,
+                                  sign_of, update_sign)
 from icd_pipeline.models.icd import build_icd_model
 from icd_pipeline.train_icd import train_step
 
@@ -123,9 +124,34 @@ def grads_of_step(model, feats, y, sp, cfg):
     return res, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, model.sign_acc
 
 
-def test_train_step_all_equals_single_on_single_label_batches_and_bu_reaches_only_w():
+def test_negatives_push_only_other_classes_pixels_to_the_background_side():
+    cam, y = two_class_image()  # class 0 owns columns 0-3, class 2 columns 6-7
+    sigma = torch.tensor([1.0, 1.0, -1.0, 1.0])
+    b = torch.zeros(1, K, H, W, requires_grad=True)
+    with torch.no_grad():
+        b[0, 0, :, 6:] = 2.0    # class 0 calls class 2's pixels foreground: penalised
+        b[0, 0, :, 4:6] = 5.0   # unowned pixels: not counted
+        b[0, 2, :, :4] = 1.0    # class 2 (sigma -1) puts class 0's pixels on its background side: fine
+        b[0, 2, :, :2] = -3.0   # ... and here on its foreground side: penalised
+        b[0, 1] = 7.0           # absent class: nothing
+    loss = bu_negative_loss(b, y, cam, sigma, floor=0.2, weight=10.0)
+    # class 0: mean over 12 pixels of 2^2 = 4; class 2: 12 of its 24 pixels at 3^2 -> 4.5
+    assert loss.item() == pytest.approx(10.0 * 0.5 * (4.0 + 4.5))
+    loss.backward()
+    touched = b.grad.abs() > 0
+    assert touched[0, 0, :, 6:].all() and touched[0, 2, :, :2].all() and touched.sum() == 12 + 12
+    # a single-label image has no other class: nothing, whatever the scores
+    single = bu_negative_loss(torch.randn(2, K, H, W), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]),
+                              torch.rand(2, K, H, W), sigma)
+    assert single.item() == 0.0
+    assert torch.equal(sign_of(torch.tensor([[0.3, 0.2], [0.1, 0.4], [0.2, 0.2]])), torch.tensor([1.0, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize("region", ["owned", "owned_negatives"])
+def test_train_step_all_equals_single_on_single_label_batches_and_bu_reaches_only_w(region):
     y = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]])
     cfg, model, feats, sp = tiny_model_inputs(y)
+    cfg = dict(cfg, bottom_up_region=region)
     res_s, g_s, acc_s = grads_of_step(model, feats, y, sp, cfg)
     res_a, g_a, acc_a = grads_of_step(model, feats, y, sp, dict(cfg, bottom_up_images="all"))
     for k in ("loss", "loss_cls", "loss_bu", "loss_td"):
