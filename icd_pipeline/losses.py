@@ -59,6 +59,12 @@ def owned_pixels(cam_relu: torch.Tensor, y: torch.Tensor, floor: float = 0.2) ->
     return owner * (a >= floor).float() * y.float()[:, :, None, None]
 
 
+def owned_by_others(own: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) in {0, 1}: the pixels of each image that a present class other than c owns
+    (``own``: :func:`owned_pixels`, at most one owner per pixel)."""
+    return (own.sum(dim=1, keepdim=True) - own).clamp(max=1.0)
+
+
 @torch.no_grad()
 def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "owned",
                      floor: float = 0.2) -> torch.Tensor:
@@ -77,8 +83,7 @@ def bottom_up_region(cam_relu: torch.Tensor, y: torch.Tensor, region: str = "own
     if region in ("owned", "owned_negatives"):
         multi = own
     else:
-        others = own.sum(dim=1, keepdim=True) - own  # owned by a present class other than c
-        multi = (1.0 - others.clamp(max=1.0)) * y[:, :, None, None]
+        multi = (1.0 - owned_by_others(own)) * y[:, :, None, None]
     single = (y.sum(dim=1) == 1)[:, None, None, None]
     return torch.where(single, y[:, :, None, None].expand_as(own), multi)
 
@@ -100,19 +105,19 @@ def bu_loss_regions(b: torch.Tensor, y: torch.Tensor, region: torch.Tensor, weig
     return -weight * 0.5 * term.sum() / b.shape[0]
 
 
-def bu_negative_loss(b: torch.Tensor, y: torch.Tensor, cam_relu: torch.Tensor, sigma: torch.Tensor,
-                     floor: float = 0.2, weight: float = 10.0) -> torch.Tensor:
+def bu_negative_loss(b: torch.Tensor, y: torch.Tensor, region: torch.Tensor, sigma: torch.Tensor,
+                     weight: float = 10.0) -> torch.Tensor:
     """``bottom_up_region: owned_negatives``: in a multi-label image the pixels another present
-    class owns (:func:`owned_pixels`) are background for class c, so c's bottom-up score must
-    not put them on its foreground side (``sigma_c b > 0``; ``sigma`` the current sign,
-    :func:`sign_of`): (weight / 2N) sum_n sum_c of the mean of relu(sigma_c b_nc)^2 over those
-    pixels. An image counts once per class; single-label images and pixels already on the
-    background side add nothing. Gradients reach ``b`` only (the pixel sets are fixed)."""
+    class owns are background for class c, so c's bottom-up score must not put them on its
+    foreground side (``sigma_c b > 0``; ``sigma`` the current sign, :func:`sign_of`):
+    (weight / 2N) sum_n sum_c of the mean of relu(sigma_c b_nc)^2 over those pixels.
+    ``region``: :func:`bottom_up_region` of ``owned_negatives`` (on a multi-label image, the
+    owned pixels of each class). An image counts once per class; single-label images and
+    pixels already on the background side add nothing. Gradients reach ``b`` only."""
     with torch.no_grad():
         y = y.float()
-        own = owned_pixels(cam_relu, y, floor)
-        others = (own.sum(dim=1, keepdim=True) - own).clamp(max=1.0) * y[:, :, None, None]
-        others = others * (y.sum(dim=1) > 1).float()[:, None, None, None]
+        multi = (y.sum(dim=1) > 1).float()[:, None, None, None]
+        others = owned_by_others(region.float() * multi) * y[:, :, None, None]
     wrong = torch.relu(b.float() * sigma.to(b.device).float()[None, :, None, None]).pow(2)
     per_class = (others * wrong).sum(dim=(2, 3)) / others.sum(dim=(2, 3)).clamp(min=1.0)
     return weight * 0.5 * per_class.sum() / b.shape[0]

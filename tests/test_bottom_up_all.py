@@ -134,15 +134,17 @@ def test_negatives_push_only_other_classes_pixels_to_the_background_side():
         b[0, 2, :, :4] = 1.0    # class 2 (sigma -1) puts class 0's pixels on its background side: fine
         b[0, 2, :, :2] = -3.0   # ... and here on its foreground side: penalised
         b[0, 1] = 7.0           # absent class: nothing
-    loss = bu_negative_loss(b, y, cam, sigma, floor=0.2, weight=10.0)
+    region = bottom_up_region(cam, y, "owned_negatives", floor=0.2)
+    loss = bu_negative_loss(b, y, region, sigma, weight=10.0)
     # class 0: mean over 12 pixels of 2^2 = 4; class 2: 12 of its 24 pixels at 3^2 -> 4.5
     assert loss.item() == pytest.approx(10.0 * 0.5 * (4.0 + 4.5))
     loss.backward()
     touched = b.grad.abs() > 0
     assert touched[0, 0, :, 6:].all() and touched[0, 2, :, :2].all() and touched.sum() == 12 + 12
     # a single-label image has no other class: nothing, whatever the scores
-    single = bu_negative_loss(torch.randn(2, K, H, W), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]),
-                              torch.rand(2, K, H, W), sigma)
+    y_single = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    single = bu_negative_loss(torch.randn(2, K, H, W), y_single,
+                              bottom_up_region(torch.rand(2, K, H, W), y_single, "owned_negatives"), sigma)
     assert single.item() == 0.0
     assert torch.equal(sign_of(torch.tensor([[0.3, 0.2], [0.1, 0.4], [0.2, 0.2]])), torch.tensor([1.0, -1.0, 1.0]))
 

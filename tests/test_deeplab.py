@@ -93,7 +93,6 @@ def test_checkpoint_round_trip(tmp_path):
         load_deeplab(tmp_path / "m.pt", num_classes=21)
 
 
-
 def test_load_for_inference_folds_bn_and_keeps_the_logits(tmp_path):
     """infer_deeplab and predict run the backbone BN-folded: same logits up to float rounding."""
     torch.manual_seed(0)
