@@ -15,15 +15,14 @@ run's feature cache (``<results>/features/<split>.h5``) is used when ``deeplab.f
 is on. One row per value (mIoU on the held-apart images, training seconds) is printed and
 written to ``<work>/holdout.csv``; a value already scored in ``<work>`` is not retrained.
 
-The data the models see is a view of ``--data-root`` (symbolic links) with two extra split
-lists, ``<split>_fit`` and ``<split>_held``; the dataset folder itself is not touched.
+The data the models see is a view of ``--data-root`` (``voc.split_view``: symbolic links) with
+the split lists ``<split>_fit`` and ``<split>_held``; the dataset folder itself is not touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from icd_pipeline.config import resolve_workflow_config  # noqa: E402
-from icd_pipeline.data.voc import VOCLayout  # noqa: E402
+from icd_pipeline.data.voc import VOCLayout, split_view  # noqa: E402
 
 
 def split_ids(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -49,20 +48,6 @@ def split_ids(ids: list[str], fraction: float, seed: int) -> tuple[list[str], li
     held = sorted(ids[i] for i in order[:n_held])
     fit = sorted(ids[i] for i in order[n_held:])
     return fit, held
-
-
-def make_view(data_root: Path, view: Path, split: str, fit: list[str], held: list[str]) -> None:
-    """``view``: links to every entry of ``data_root`` and its split lists, plus the two new lists."""
-    lists = view / "ImageSets" / "Segmentation"
-    lists.mkdir(parents=True, exist_ok=True)
-    for entry in data_root.iterdir():
-        if entry.name not in ("ImageSets", "manifest.json") and not (view / entry.name).exists():
-            os.symlink(entry.resolve(), view / entry.name)
-    for f in (data_root / "ImageSets" / "Segmentation").iterdir():
-        if not (lists / f.name).exists():
-            os.symlink(f.resolve(), lists / f.name)
-    (lists / f"{split}_fit.txt").write_text("\n".join(fit) + "\n")
-    (lists / f"{split}_held.txt").write_text("\n".join(held) + "\n")
 
 
 def set_key(cfg: dict, dotted: str, value) -> dict:
@@ -128,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = VOCLayout.open(args.data_root)
     fit, held = split_ids(layout.ids(args.split), args.fraction, args.seed)
     work = args.work or REPO / "results" / "benchmark" / "holdout" / "_".join(args.results.parts[-2:])
-    view = work / "data"
-    make_view(args.data_root.resolve(), view, args.split, fit, held)
+    view = split_view(args.data_root, work / "data", {f"{args.split}_fit": fit, f"{args.split}_held": held})
     print(f"{args.split}: {len(fit)} images to train on, {len(held)} held apart (seed {args.seed})", flush=True)
     rows = []
     for text in args.values:

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from icd_pipeline.config import load_config  # noqa: E402
+from icd_pipeline.data.voc import split_view  # noqa: E402
 from icd_pipeline.report import read_benchmarks, to_markdown  # noqa: E402
 
 PY = sys.executable
@@ -123,16 +124,7 @@ def quality(name: str, saliency: bool) -> dict[str, float]:
 
 def subset_root(data_root: Path, work: Path, ids: list[str], n1: int) -> Path:
     """A VOC-layout view of ``data_root`` (symlinks) with split lists bench1x / bench4x."""
-    view = work / "data"
-    if view.exists():
-        shutil.rmtree(view)
-    (view / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for entry in data_root.iterdir():
-        if entry.name not in ("ImageSets", "manifest.json"):
-            os.symlink(entry.resolve(), view / entry.name)
-    (view / "ImageSets" / "Segmentation" / "bench1x.txt").write_text("\n".join(ids[:n1]) + "\n")
-    (view / "ImageSets" / "Segmentation" / "bench4x.txt").write_text("\n".join(ids[:4 * n1]) + "\n")
-    return view
+    return split_view(data_root, work / "data", {"bench1x": ids[:n1], "bench4x": ids[:4 * n1]})
 
 
 def metric_adder(rows: list[dict]):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from icd_pipeline.data.voc import (
     VOC_CLASSES, ClassificationDataset, DataError, SegmentationDataset, TrainTransform, VOCLayout,
-    parse_xml_labels, read_image, read_mask, voc_palette, write_palette_png,
+    parse_xml_labels, read_image, read_mask, split_view, voc_palette, write_palette_png,
 )
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012-sample" / "VOC2012"
@@ -21,6 +21,22 @@ def test_palette_matches_voc_colours():
     assert pal[1].tolist() == [128, 0, 0]       # aeroplane
     assert pal[15].tolist() == [192, 128, 128]  # person
     assert pal[255].tolist() == [224, 224, 192]  # void
+
+
+def test_split_view_links_the_dataset_with_new_split_lists(tmp_path):
+    root = tmp_path / "voc"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nc\n")
+    (root / "JPEGImages").mkdir()
+    (root / "manifest.json").write_text("{}")
+    view = split_view(root, tmp_path / "view", {"fit": ["a", "c"], "held": ["b"]})
+    assert (view / "JPEGImages").is_symlink() and (view / "JPEGImages").resolve() == (root / "JPEGImages").resolve()
+    assert not (view / "manifest.json").exists()
+    assert sorted(p.name for p in (view / "ImageSets" / "Segmentation").iterdir()) == ["fit.txt", "held.txt"]
+    assert (view / "ImageSets" / "Segmentation" / "fit.txt").read_text() == "a\nc\n"
+    again = split_view(root, view, {"other": ["b"]})  # made afresh: the old lists are gone
+    assert sorted(p.name for p in (again / "ImageSets" / "Segmentation").iterdir()) == ["other.txt"]
+    assert (root / "ImageSets" / "Segmentation" / "train.txt").read_text() == "a\nb\nc\n"
 
 
 def test_palette_png_round_trip(tmp_path):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +140,23 @@ def read_split(path: str | Path) -> list[str]:
     if not ids:
         raise DataError(f"{path}: split list is empty")
     return ids
+
+
+def split_view(data_root: str | Path, view: str | Path, splits: dict[str, Sequence[str]]) -> Path:
+    """A VOC-layout folder ``view`` made afresh: a symbolic link to every entry of
+    ``data_root`` but its split lists and manifest, and the split lists ``splits`` (name ->
+    image ids). Benchmarks train and score on subsets this way without touching the dataset."""
+    data_root, view = Path(data_root), Path(view)
+    if view.exists():
+        shutil.rmtree(view)
+    lists = view / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    for entry in data_root.iterdir():
+        if entry.name not in ("ImageSets", "manifest.json"):
+            os.symlink(entry.resolve(), view / entry.name)
+    for name, ids in splits.items():
+        (lists / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    return view
 
 
 def parse_xml_labels(path: str | Path, class_names: Sequence[str]) -> list[int]:
