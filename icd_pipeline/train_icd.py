@@ -181,7 +181,8 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
         region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
         if cfg["bottom_up_region"] == "owned_negatives":  # other classes' pixels: c's background
-            l_bu = l_bu + bu_negative_loss(b, y, region, sign_of(model.sign_acc), weight=cfg["bu_weight"])
+            l_bu = l_bu + bu_negative_loss(b, y, region, sign_of(model.sign_acc),
+                                           weight=cfg["bu_weight"] * cfg["bottom_up_negative_weight"])
     else:
         l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
     with torch.no_grad():

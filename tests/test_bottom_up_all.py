@@ -106,7 +106,8 @@ def test_sign_statistics_use_the_region_and_skip_images_without_one():
 def tiny_model_inputs(y):
     cfg = {"backbone": "tiny", "pretrained": False, "output_stride": 8, "head_channels": 16, "bu_weight": 10.0,
            "td_mask_threshold": 0.2, "cam_head": "linear", "bottom_up_images": "single",
-           "bottom_up_region": "owned", "bottom_up_floor": 0.2}
+           "bottom_up_region": "owned", "bottom_up_floor": 0.2,
+           "bottom_up_negative_weight": 1.0}
     torch.manual_seed(0)
     model = build_icd_model(cfg, K)
     with torch.no_grad():
@@ -171,3 +172,20 @@ def test_train_step_all_equals_single_on_single_label_batches_and_bu_reaches_onl
     touched = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert touched == {"W"}
     assert bu_loss(torch.randn(3, K, 4, 4), y2).item() == 0.0  # the paper's loss: no signal here
+
+
+def test_negative_weight_scales_only_the_negative_term():
+    """owned_negatives' L_bu = owned's L_bu + bottom_up_negative_weight x the negative term."""
+    y = torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]])
+    cfg, model, feats, sp = tiny_model_inputs(y)
+    cfg = dict(cfg, bottom_up_images="all", bottom_up_floor=0.0)
+
+    def loss_bu(**kw):
+        m = copy.deepcopy(model).train()
+        return train_step(m, feats, y, sp, dict(cfg, **kw), omega=0.7, amp=False)["loss_bu"].item()
+
+    owned = loss_bu(bottom_up_region="owned")
+    assert loss_bu(bottom_up_region="owned_negatives", bottom_up_negative_weight=0.0) == pytest.approx(owned, abs=1e-6)
+    one = loss_bu(bottom_up_region="owned_negatives", bottom_up_negative_weight=1.0) - owned
+    quarter = loss_bu(bottom_up_region="owned_negatives", bottom_up_negative_weight=0.25) - owned
+    assert one > 0 and quarter == pytest.approx(0.25 * one, rel=1e-4)
