@@ -76,8 +76,43 @@ def test_efficientnet_lite0_real_weights_and_stride():
     assert [len(s) for s in bb.stages()] == [3, 2, 2, 3, 3, 4, 1]
 
 
+@pytest.mark.parametrize("k,d,bias,layout", [(5, 2, False, torch.channels_last), (3, 4, True, torch.contiguous_format),
+                                           (5, 2, True, torch.contiguous_format)])
+def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
+    """DilatedDepthwiseConv2d (hand-written CPU backward) against efficientnet_lite_pytorch's
+    TF-SAME conv with the same weights: output and every gradient, at an odd size."""
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    torch.manual_seed(0)
+    ref = Conv2dDynamicSamePadding(6, 6, k, stride=1, dilation=d, groups=6, bias=bias)
+    new = B.DilatedDepthwiseConv2d.replacing(ref)
+    assert new.weight is ref.weight
+    x = torch.randn(3, 6, 7, 10).contiguous(memory_format=layout)
+    out = {}
+    for name, conv in (("ref", ref), ("new", new)):
+        xi = x.clone().requires_grad_(True)
+        y = conv(xi)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum(),
+                                    [xi] + list(conv.parameters()))
+        out[name] = [y] + list(grads)
+    assert len(out["new"]) == (4 if bias else 3)
+    for a, b in zip(out["new"], out["ref"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="stride-1 depthwise"):
+        B.DilatedDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 6, 3, stride=2, groups=6))
+
+
+def test_efficientnet_lite0_dilated_blocks_use_the_fast_conv():
+    bb = B.build_backbone("efficientnet_lite0", pretrained=False, output_stride=16)
+    fast = [i for i, b in enumerate(bb.blocks) if isinstance(b._depthwise_conv, B.DilatedDepthwiseConv2d)]
+    assert fast == [12, 13, 14, 15]  # the stride-32 stage past its first block, dilation 2
+    assert all(bb.blocks[i]._depthwise_conv.dilation == (2, 2) for i in fast)
+    assert "blocks.12._depthwise_conv.weight" in bb.state_dict()
+
+
 @pytest.mark.parametrize("name,kwargs", [
     ("efficientnet_lite0", {"pretrained": True, "output_stride": 16, "out_block": 10}),
+    ("efficientnet_lite0", {"pretrained": False, "output_stride": 8}),  # dilated convs folded too
     ("tiny", {"pretrained": False, "output_stride": 8}),
 ])
 def test_inference_copy_folds_bn_and_computes_the_same(name, kwargs):
