@@ -7,7 +7,7 @@
 Random images and masks of the preset's crop size go through ``train_deeplab.train_one_epoch``
 exactly as in training (channels-last, the loss at ``loss_stride``, poly lr); the weights are
 random (``pretrained: false``), which does not change the arithmetic. ``--compare-library-dw``
-times the same steps with efficientnet_lite0's dilated depthwise convs put back to the
+times the same steps with efficientnet_lite0's stride-1 depthwise convs put back to the
 library's ``Conv2dDynamicSamePadding`` (oneDNN's backward), interleaved with ours so that a
 drifting machine speed hits both. Prints one JSON line and writes it to
 ``results/benchmark/deeplab_step_<backbone>_b<batch>.json``.
@@ -35,13 +35,13 @@ from icd_pipeline.train_deeplab import make_optimizer, train_one_epoch  # noqa: 
 
 
 def with_library_dw(model: torch.nn.Module) -> int:
-    """Put the library's TF-SAME conv back in place of each DilatedDepthwiseConv2d (same weight)."""
+    """Put the library's TF-SAME conv back in place of each FastGradDepthwiseConv2d (same weight)."""
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
     n = 0
     for block in getattr(model.backbone, "blocks", []):
         conv = block._depthwise_conv
-        if isinstance(conv, B.DilatedDepthwiseConv2d):
+        if isinstance(conv, B.FastGradDepthwiseConv2d):
             lib = Conv2dDynamicSamePadding(conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=1,
                                            dilation=conv.dilation[0], groups=conv.groups, bias=conv.bias is not None)
             lib.weight = conv.weight

@@ -77,15 +77,15 @@ def test_efficientnet_lite0_real_weights_and_stride():
 
 
 @pytest.mark.parametrize("k,d,bias,layout", [(5, 2, False, torch.channels_last), (3, 4, True, torch.contiguous_format),
-                                           (5, 2, True, torch.contiguous_format)])
+                                           (5, 2, True, torch.contiguous_format), (3, 1, False, torch.channels_last)])
 def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
-    """DilatedDepthwiseConv2d (hand-written CPU backward) against efficientnet_lite_pytorch's
+    """FastGradDepthwiseConv2d (hand-written CPU backward) against efficientnet_lite_pytorch's
     TF-SAME conv with the same weights: output and every gradient, at an odd size."""
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
     torch.manual_seed(0)
     ref = Conv2dDynamicSamePadding(6, 6, k, stride=1, dilation=d, groups=6, bias=bias)
-    new = B.DilatedDepthwiseConv2d.replacing(ref)
+    new = B.FastGradDepthwiseConv2d.replacing(ref)
     assert new.weight is ref.weight
     x = torch.randn(3, 6, 7, 10).contiguous(memory_format=layout)
     out = {}
@@ -99,14 +99,15 @@ def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
     for a, b in zip(out["new"], out["ref"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="stride-1 depthwise"):
-        B.DilatedDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 6, 3, stride=2, groups=6))
+        B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 6, 3, stride=2, groups=6))
 
 
-def test_efficientnet_lite0_dilated_blocks_use_the_fast_conv():
+def test_efficientnet_lite0_stride_one_blocks_use_the_fast_conv():
     bb = B.build_backbone("efficientnet_lite0", pretrained=False, output_stride=16)
-    fast = [i for i, b in enumerate(bb.blocks) if isinstance(b._depthwise_conv, B.DilatedDepthwiseConv2d)]
-    assert fast == [12, 13, 14, 15]  # the stride-32 stage past its first block, dilation 2
-    assert all(bb.blocks[i]._depthwise_conv.dilation == (2, 2) for i in fast)
+    fast = [i for i, b in enumerate(bb.blocks) if isinstance(b._depthwise_conv, B.FastGradDepthwiseConv2d)]
+    assert fast == [0, 2, 4] + list(range(6, 16))  # blocks 1, 3 and 5 keep their stride 2
+    dilated = [i for i in fast if bb.blocks[i]._depthwise_conv.dilation == (2, 2)]
+    assert dilated == [12, 13, 14, 15]  # the stride-32 stage past its first block
     assert "blocks.12._depthwise_conv.weight" in bb.state_dict()
 
 
