@@ -100,6 +100,8 @@ def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="stride-1 depthwise"):
         B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 6, 3, stride=2, groups=6))
+    with pytest.raises(ValueError, match="stride-1 depthwise"):  # channel multiplier 2
+        B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 12, 3, groups=6))
 
 
 def test_efficientnet_lite0_stride_one_blocks_use_the_fast_conv():

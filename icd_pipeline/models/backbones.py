@@ -294,8 +294,8 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
     @classmethod
     def replacing(cls, conv: nn.Conv2d) -> "FastGradDepthwiseConv2d":
         k, d = conv.weight.shape[-1], conv.dilation[0]
-        if (tuple(conv.stride) != (1, 1) or conv.groups != conv.in_channels or conv.weight.shape[-2] != k
-                or k % 2 == 0 or conv.dilation[1] != d):
+        if (tuple(conv.stride) != (1, 1) or not conv.groups == conv.in_channels == conv.out_channels
+                or conv.weight.shape[-2] != k or k % 2 == 0 or conv.dilation[1] != d):
             raise ValueError(f"not a stride-1 depthwise conv with an odd square kernel: {conv}")
         new = cls(conv.in_channels, conv.out_channels, k, stride=1, padding=(k - 1) * d // 2, dilation=d,
                   groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
