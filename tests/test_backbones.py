@@ -80,7 +80,8 @@ def test_efficientnet_lite0_real_weights_and_stride():
                                            (5, 2, True, torch.contiguous_format), (3, 1, False, torch.channels_last)])
 def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
     """FastGradDepthwiseConv2d (hand-written CPU backward) against efficientnet_lite_pytorch's
-    TF-SAME conv with the same weights: output and every gradient, at an odd size."""
+    TF-SAME conv with the same weights: the same output to the bit, every gradient to float
+    rounding, at an odd size."""
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
     torch.manual_seed(0)
@@ -96,8 +97,11 @@ def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
                                     [xi] + list(conv.parameters()))
         out[name] = [y] + list(grads)
     assert len(out["new"]) == (4 if bias else 3)
-    for a, b in zip(out["new"], out["ref"]):
+    assert torch.equal(out["new"][0], out["ref"][0])  # the library's forward, to the bit
+    for a, b in zip(out["new"][1:], out["ref"][1:]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(new(x), ref(x))
     with pytest.raises(ValueError, match="stride-1 depthwise"):
         B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 6, 3, stride=2, groups=6))
     with pytest.raises(ValueError, match="stride-1 depthwise"):  # channel multiplier 2

@@ -258,22 +258,22 @@ class _DepthwiseCPUGrad(torch.autograd.Function):
     (forward + backward of the 144-channel 3x3 at 24x24: 6.1 vs 17.5 ms)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dilation: int, padding: int):
-        ctx.save_for_backward(x, weight)
-        ctx.dilation, ctx.padding, ctx.has_bias = dilation, padding, bias is not None
-        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+    def forward(ctx, xp, weight, bias, dilation: int):
+        """``xp``: the input already padded (TF-SAME), as the library pads it."""
+        ctx.save_for_backward(xp, weight)
+        ctx.dilation, ctx.has_bias = dilation, bias is not None
+        return F.conv2d(xp, weight, bias, 1, 0, dilation, xp.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        d, p, channels = ctx.dilation, ctx.padding, x.shape[1]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad_out, weight.flip(-1, -2), None, 1, p, d, channels)
+        xp, weight = ctx.saved_tensors
+        d, channels = ctx.dilation, xp.shape[1]
+        kh, kw = weight.shape[-2:]
+        grad_xp = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # the full correlation: back to the padded size
+            grad_xp = F.conv2d(grad_out, weight.flip(-1, -2), None, 1, ((kh - 1) * d, (kw - 1) * d), d, channels)
         if ctx.needs_input_grad[1]:
-            kh, kw = weight.shape[-2:]
             h, w = grad_out.shape[-2:]
-            xp = F.pad(x, (p, p, p, p))
             grad_w = weight.new_empty(channels, kh, kw)
             for i in range(kh):
                 for j in range(kw):
@@ -282,14 +282,16 @@ class _DepthwiseCPUGrad(torch.autograd.Function):
             grad_w = grad_w.view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_xp, grad_w, grad_b, None
 
 
 class FastGradDepthwiseConv2d(nn.Conv2d):
     """A stride-1 depthwise conv with TF-SAME padding (symmetric for an odd kernel), trained on
     CPU through :class:`_DepthwiseCPUGrad`. It replaces efficientnet_lite0's stride-1
-    ``_depthwise_conv`` modules (same weight, same state-dict key); elsewhere (CUDA, autocast,
-    no gradient) it is a plain ``F.conv2d``."""
+    ``_depthwise_conv`` modules (same weight, same state-dict key). Its forward is the
+    library's to the bit (the same padding, then the same unpadded conv), so features, maps
+    and inference do not change; only the CPU backward does. CUDA, autocast and no-gradient
+    calls take the plain path."""
 
     @classmethod
     def replacing(cls, conv: nn.Conv2d) -> "FastGradDepthwiseConv2d":
@@ -297,19 +299,22 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
         if (tuple(conv.stride) != (1, 1) or not conv.groups == conv.in_channels == conv.out_channels
                 or conv.weight.shape[-2] != k or k % 2 == 0 or conv.dilation[1] != d):
             raise ValueError(f"not a stride-1 depthwise conv with an odd square kernel: {conv}")
-        new = cls(conv.in_channels, conv.out_channels, k, stride=1, padding=(k - 1) * d // 2, dilation=d,
+        new = cls(conv.in_channels, conv.out_channels, k, stride=1, padding=0, dilation=d,
                   groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
                   dtype=conv.weight.dtype)
+        new.same_padding = (k - 1) * d // 2
         new.weight = conv.weight
         if conv.bias is not None:
             new.bias = conv.bias
         return new
 
     def forward(self, x):
+        p = self.same_padding
+        xp = F.pad(x, [p, p, p, p])
         if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _DepthwiseCPUGrad.apply(x, self.weight, self.bias, self.dilation[0], self.padding[0])
-        return super().forward(x)
+            return _DepthwiseCPUGrad.apply(xp, self.weight, self.bias, self.dilation[0])
+        return F.conv2d(xp, self.weight, self.bias, 1, 0, self.dilation, self.groups)
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
