@@ -258,22 +258,23 @@ class _DepthwiseCPUGrad(torch.autograd.Function):
     (forward + backward of the 144-channel 3x3 at 24x24: 6.1 vs 17.5 ms)."""
 
     @staticmethod
-    def forward(ctx, xp, weight, bias, dilation: int):
-        """``xp``: the input already padded (TF-SAME), as the library pads it."""
-        ctx.save_for_backward(xp, weight)
-        ctx.dilation, ctx.has_bias = dilation, bias is not None
-        return F.conv2d(xp, weight, bias, 1, 0, dilation, xp.shape[1])
+    def forward(ctx, x, weight, bias, dilation: int, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.dilation, ctx.padding, ctx.has_bias = dilation, padding, bias is not None
+        # the library's forward to the bit: TF-SAME padding first, then an unpadded conv
+        return F.conv2d(F.pad(x, [padding] * 4), weight, bias, 1, 0, dilation, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        xp, weight = ctx.saved_tensors
-        d, channels = ctx.dilation, xp.shape[1]
-        kh, kw = weight.shape[-2:]
-        grad_xp = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # the full correlation: back to the padded size
-            grad_xp = F.conv2d(grad_out, weight.flip(-1, -2), None, 1, ((kh - 1) * d, (kw - 1) * d), d, channels)
+        x, weight = ctx.saved_tensors
+        d, p, channels = ctx.dilation, ctx.padding, x.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # the conv's own padding: oneDNN is slow at padding >= kernel
+            grad_x = F.conv2d(grad_out, weight.flip(-1, -2), None, 1, p, d, channels)
         if ctx.needs_input_grad[1]:
+            kh, kw = weight.shape[-2:]
             h, w = grad_out.shape[-2:]
+            xp = F.pad(x, [p] * 4)
             grad_w = weight.new_empty(channels, kh, kw)
             for i in range(kh):
                 for j in range(kw):
@@ -282,7 +283,7 @@ class _DepthwiseCPUGrad(torch.autograd.Function):
             grad_w = grad_w.view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
-        return grad_xp, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class FastGradDepthwiseConv2d(nn.Conv2d):
@@ -310,11 +311,10 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x):
         p = self.same_padding
-        xp = F.pad(x, [p, p, p, p])
         if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _DepthwiseCPUGrad.apply(xp, self.weight, self.bias, self.dilation[0])
-        return F.conv2d(xp, self.weight, self.bias, 1, 0, self.dilation, self.groups)
+            return _DepthwiseCPUGrad.apply(x, self.weight, self.bias, self.dilation[0], p)
+        return F.conv2d(F.pad(x, [p] * 4), self.weight, self.bias, 1, 0, self.dilation, self.groups)
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
