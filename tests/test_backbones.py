@@ -115,6 +115,15 @@ def test_efficientnet_lite0_stride_one_blocks_use_the_fast_conv():
     dilated = [i for i in fast if bb.blocks[i]._depthwise_conv.dilation == (2, 2)]
     assert dilated == [12, 13, 14, 15]  # the stride-32 stage past its first block
     assert "blocks.12._depthwise_conv.weight" in bb.state_dict()
+    # replacing draws no random numbers: what is built after the backbone is initialised as before
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    torch.manual_seed(3)
+    B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(8, 8, 3, groups=8))
+    after = torch.rand(4)
+    torch.manual_seed(3)
+    Conv2dDynamicSamePadding(8, 8, 3, groups=8)
+    assert torch.equal(torch.rand(4), after)
 
 
 @pytest.mark.parametrize("name,kwargs", [

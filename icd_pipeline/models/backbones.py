@@ -300,9 +300,11 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
         if (tuple(conv.stride) != (1, 1) or not conv.groups == conv.in_channels == conv.out_channels
                 or conv.weight.shape[-2] != k or k % 2 == 0 or conv.dilation[1] != d):
             raise ValueError(f"not a stride-1 depthwise conv with an odd square kernel: {conv}")
-        new = cls(conv.in_channels, conv.out_channels, k, stride=1, padding=0, dilation=d,
-                  groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
-                  dtype=conv.weight.dtype)
+        # skip_init: no random initialisation, so building a model draws the same random
+        # numbers as with the library's conv (the heads built after it get the same weights)
+        new = nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, k, stride=1, padding=0, dilation=d,
+                                 groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
+                                 dtype=conv.weight.dtype)
         new.same_padding = (k - 1) * d // 2
         new.weight = conv.weight
         if conv.bias is not None:
