@@ -16,7 +16,6 @@ drifting machine speed hits both. Prints one JSON line and writes it to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,9 @@ from icd_pipeline.misc.runtime import select_device, set_threads  # noqa: E402
 from icd_pipeline.models import backbones as B  # noqa: E402
 from icd_pipeline.models.deeplab import build_from_config  # noqa: E402
 from icd_pipeline.train_deeplab import make_optimizer, train_one_epoch  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from icd_step import report  # noqa: E402
 
 
 def with_library_dw(model: torch.nn.Module) -> int:
@@ -92,10 +94,7 @@ def main() -> int:
     for name, ts in times.items():
         out[f"seconds_per_step_{name}"] = round(statistics.median(ts), 4)
         out[f"seconds_per_step_{name}_all"] = [round(t, 4) for t in ts]
-    print(json.dumps(out))
-    dest = ROOT / "results" / "benchmark" / f"deeplab_step_{section['backbone']}_b{batch}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out) + "\n")
+    report(out, f"deeplab_step_{section['backbone']}_b{batch}.json")
     return 0
 
 

@@ -76,11 +76,16 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "amp": amp,
            "seconds_per_step_median": round(sec, 4), "seconds_per_step_all": [round(t, 4) for t in times],
            "images_per_s": round(args.batch / sec, 3)}
+    report(out, f"icd_step_{cfg['backbone']}_b{args.batch}.json")
+    return 0
+
+
+def report(out: dict, name: str) -> None:
+    """Print the figures as one JSON line and write them to results/benchmark/<name>."""
     print(json.dumps(out))
-    dest = ROOT / "results" / "benchmark" / f"icd_step_{cfg['backbone']}_b{args.batch}.json"
+    dest = ROOT / "results" / "benchmark" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
