@@ -2,12 +2,12 @@
 """Seconds per DeepLab training step (forward + backward + SGD update) of a preset's model.
 
     .venv/bin/python benchmarks/deeplab_step.py                       # the embedded default (config.yaml)
-    .venv/bin/python benchmarks/deeplab_step.py --compare-library-dw  # also with the library's dilated convs
+    .venv/bin/python benchmarks/deeplab_step.py --compare-library-dw  # also with the library's dilated convs (interleaved)
 
 Random images and masks of the preset's crop size go through ``train_deeplab.train_one_epoch``
 exactly as in training (channels-last, the loss at ``loss_stride``, poly lr); the weights are
 random (``pretrained: false``), which does not change the arithmetic. ``--compare-library-dw``
-times the same steps with efficientnet_lite0's stride-1 depthwise convs put back to the
+times the same steps with efficientnet_lite0's dilated depthwise convs put back to the
 library's ``Conv2dDynamicSamePadding`` (oneDNN's backward), interleaved with ours so that a
 drifting machine speed hits both. Prints one JSON line and writes it to
 ``results/benchmark/deeplab_step_<backbone>_b<batch>.json``.

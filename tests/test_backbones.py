@@ -108,12 +108,14 @@ def test_dilated_depthwise_conv_matches_the_library_conv(k, d, bias, layout):
         B.FastGradDepthwiseConv2d.replacing(Conv2dDynamicSamePadding(6, 12, 3, groups=6))
 
 
-def test_efficientnet_lite0_stride_one_blocks_use_the_fast_conv():
+def test_efficientnet_lite0_dilated_blocks_use_the_fast_conv():
     bb = B.build_backbone("efficientnet_lite0", pretrained=False, output_stride=16)
     fast = [i for i, b in enumerate(bb.blocks) if isinstance(b._depthwise_conv, B.FastGradDepthwiseConv2d)]
-    assert fast == [0, 2, 4] + list(range(6, 16))  # blocks 1, 3 and 5 keep their stride 2
-    dilated = [i for i in fast if bb.blocks[i]._depthwise_conv.dilation == (2, 2)]
-    assert dilated == [12, 13, 14, 15]  # the stride-32 stage past its first block
+    assert fast == [12, 13, 14, 15]  # the stride-32 stage past its first block, dilation 2
+    assert all(bb.blocks[i]._depthwise_conv.dilation == (2, 2) for i in fast)
+    bb8 = B.build_backbone("efficientnet_lite0", pretrained=False, output_stride=8)
+    assert [i for i, b in enumerate(bb8.blocks) if isinstance(b._depthwise_conv, B.FastGradDepthwiseConv2d)] \
+        == list(range(6, 16))  # stride-16 stage past its first block (dilation 2), then dilation 4
     assert "blocks.12._depthwise_conv.weight" in bb.state_dict()
     # replacing draws no random numbers: what is built after the backbone is initialised as before
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
