@@ -244,6 +244,12 @@ class ResNetBackbone(Backbone):
 # --------------------------------------------------------------------------- depthwise conv, CPU backward
 
 
+def _same_depthwise_conv(x, weight, bias, dilation: int, padding: int) -> torch.Tensor:
+    """efficientnet_lite_pytorch's stride-1 TF-SAME depthwise conv, to the bit: the padding
+    first, then an unpadded conv (the one forward of both paths of FastGradDepthwiseConv2d)."""
+    return F.conv2d(F.pad(x, [padding] * 4), weight, bias, 1, 0, dilation, x.shape[1])
+
+
 class _DepthwiseCPUGrad(torch.autograd.Function):
     """Stride-1 depthwise convolution whose backward avoids oneDNN's slow CPU path.
 
@@ -262,8 +268,7 @@ class _DepthwiseCPUGrad(torch.autograd.Function):
     def forward(ctx, x, weight, bias, dilation: int, padding: int):
         ctx.save_for_backward(x, weight)
         ctx.dilation, ctx.padding, ctx.has_bias = dilation, padding, bias is not None
-        # the library's forward to the bit: TF-SAME padding first, then an unpadded conv
-        return F.conv2d(F.pad(x, [padding] * 4), weight, bias, 1, 0, dilation, x.shape[1])
+        return _same_depthwise_conv(x, weight, bias, dilation, padding)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -306,18 +311,22 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
         new = nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, k, stride=1, padding=0, dilation=d,
                                  groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
                                  dtype=conv.weight.dtype)
-        new.same_padding = (k - 1) * d // 2
         new.weight = conv.weight
         if conv.bias is not None:
             new.bias = conv.bias
         return new
 
+    @property
+    def same_padding(self) -> int:
+        """TF-SAME padding on each side at stride 1: (k - 1) * dilation / 2."""
+        return (self.kernel_size[0] - 1) * self.dilation[0] // 2
+
     def forward(self, x):
-        p = self.same_padding
+        args = (x, self.weight, self.bias, self.dilation[0], self.same_padding)
         if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _DepthwiseCPUGrad.apply(x, self.weight, self.bias, self.dilation[0], p)
-        return F.conv2d(F.pad(x, [p] * 4), self.weight, self.bias, 1, 0, self.dilation, self.groups)
+            return _DepthwiseCPUGrad.apply(*args)
+        return _same_depthwise_conv(*args)
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
