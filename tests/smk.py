@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,29 @@ def jobs_in_dry_run(proc: subprocess.CompletedProcess) -> set[str]:
 
 def nothing_to_do(proc: subprocess.CompletedProcess) -> bool:
     return "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def job_events(log_text: str) -> tuple[list[tuple[str, int]], dict[int, dict]]:
+    """A Snakemake run log as ("start" | "end", jobid) events in log order, and each job's rule,
+    wildcards and threads (from the job's block)."""
+    events, jobs, current = [], {}, None
+    for line in log_text.splitlines():
+        m = re.match(r"(?:local)?rule (\w+):$", line)
+        if m:
+            current = {"rule": m.group(1), "wildcards": "", "threads": 1}
+            continue
+        if current is not None:
+            field = re.match(r"    (jobid|wildcards|threads): (.*)$", line)
+            if field:
+                key, value = field.groups()
+                current[key] = int(value) if key in ("jobid", "threads") else value
+                if key == "jobid":
+                    jobs[current["jobid"]] = current
+                    events.append(("start", current["jobid"]))
+                continue
+            if not line.startswith("    "):
+                current = None
+        m = re.match(r"Finished jobid: (\d+)", line)
+        if m:
+            events.append(("end", int(m.group(1))))
+    return events, jobs

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from smk import BIN, ROOT, TINY, jobs_in_dry_run, nothing_to_do, run_snakemake
+from smk import BIN, ROOT, TINY, job_events, jobs_in_dry_run, nothing_to_do, run_snakemake
 
 from icd_pipeline.report import MASK_NAMES
 
@@ -79,6 +79,21 @@ def test_tiny_run_produces_every_output(tiny_run):
     assert {"make_embedded_dataset"} <= {p.stem for p in (res.parent / "benchmarks").glob("*.tsv")}
     # nothing is written outside results/ and .snakemake/
     assert {p.name for p in tiny_run.iterdir()} <= {"results", ".snakemake"}
+
+
+def test_deeplab_trainings_run_side_by_side_after_the_icd_chain(tiny_run):
+    """At --cores 2 each DeepLab job gets one thread (deeplab_threads) and the two trainings
+    overlap; the chain to the pseudo-masks (priority 1) runs first, so DeepLab on ground truth
+    never holds the core that the chain's two-thread jobs wait for."""
+    first_log = sorted((tiny_run / ".snakemake" / "log").glob("*.snakemake.log"))[0]
+    events, jobs = job_events(first_log.read_text())
+    order = {event: i for i, event in enumerate(events)}
+    by_name = {(j["rule"], j["wildcards"]): jobid for jobid, j in jobs.items()}
+    full, pseudo = by_name[("train_deeplab", "target=full")], by_name[("train_deeplab", "target=pseudo")]
+    assert jobs[full]["threads"] == jobs[pseudo]["threads"] == 1
+    assert order[("start", full)] < order[("end", pseudo)] and order[("start", pseudo)] < order[("end", full)]
+    chain = [jobid for jobid, j in jobs.items() if j["rule"] in ("train_icd", "make_pseudo_masks")]
+    assert len(chain) == 2 and all(order[("end", j)] < order[("start", full)] for j in chain)
 
 
 def test_rerun_does_nothing(tiny_run):

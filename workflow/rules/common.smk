@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -51,6 +52,21 @@ envvars:
 
 
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def deeplab_threads():
+    """Threads of each DeepLab job: half of --cores (at least 1), so that the two trainings
+    (pseudo, full), independent and the DAG's longest jobs, run side by side. A training step
+    gains only ~1.3x from a second thread (benchmarks/deeplab_step.py: 180-190 ms at one
+    thread, 109-141 ms at two); side by side at one thread each on 2 cores the embedded
+    default's two trainings took 148 s against 238 s one after the other at two threads.
+    A cluster run has no --cores: each job gets 2 there (the profile's set-threads wins).
+    """
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 2
+    return max(1, cores // 2)
 
 
 def data_root():

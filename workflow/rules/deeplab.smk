@@ -27,7 +27,7 @@ rule train_deeplab:
         f"{BENCH}/train_deeplab_{{target}}.tsv"
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: deeplab_threads()
     resources:
         mem_mb=8000,
         runtime=720,
@@ -59,7 +59,7 @@ rule infer_deeplab:
         f"{BENCH}/infer_deeplab_{{target}}.tsv"
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: deeplab_threads()
     resources:
         mem_mb=4000,
         runtime=120,

@@ -11,6 +11,8 @@ rule make_pseudo_masks:
         f"{LOGS}/make_pseudo_masks.log",
     benchmark:
         f"{BENCH}/make_pseudo_masks.tsv"
+    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
+    priority: 1
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
