@@ -148,6 +148,7 @@ def stage_times(name: str) -> list[dict]:
     wall = res / "benchmark_wall.json"
     if wall.is_file():
         # a rerun after an edit measures only the stages it reran; the sum above is the whole DAG
+        # (an upper bound on its wall time: the two DeepLab trainings run side by side)
         add("wall time: last snakemake all that did work (measured)", json.loads(wall.read_text())["seconds"], "s")
     for r in bench.itertuples():
         add(f"peak RSS: {r.stage}", r.max_rss_mb, "MB")
