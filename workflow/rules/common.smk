@@ -54,6 +54,12 @@ envvars:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+# The rules of the chain to the pseudo-masks (superpixels, feature cache, ICD training, maps,
+# pseudo-masks) are the DAG's critical path: they run ahead of DeepLab on ground truth, which
+# would otherwise hold, at deeplab_threads(), a core their two-thread jobs wait for.
+CHAIN_PRIORITY = 1
+
+
 def deeplab_threads():
     """Threads of each DeepLab job: half of --cores (at least 1), so that the two trainings
     (pseudo, full), independent and the DAG's longest jobs, run side by side. A training step

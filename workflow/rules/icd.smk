@@ -15,8 +15,7 @@ rule superpixels:
         f"{DATA_LOGS}/superpixels_{superpixel_key()}_{{split}}.log",
     benchmark:
         f"{DATA_BENCH}/superpixels_{superpixel_key()}_{{split}}.tsv"
-    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
@@ -41,8 +40,7 @@ rule feature_cache:
         f"{LOGS}/feature_cache_{{split}}.log",
     benchmark:
         f"{BENCH}/feature_cache_{{split}}.tsv"
-    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
@@ -79,8 +77,7 @@ rule train_icd:
         f"{LOGS}/train_icd.log",
     benchmark:
         f"{BENCH}/train_icd.tsv"
-    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
@@ -118,8 +115,7 @@ rule extract_maps:
         f"{LOGS}/extract_maps_{{split}}.log",
     benchmark:
         f"{BENCH}/extract_maps_{{split}}.tsv"
-    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2

@@ -11,8 +11,7 @@ rule make_pseudo_masks:
         f"{LOGS}/make_pseudo_masks.log",
     benchmark:
         f"{BENCH}/make_pseudo_masks.tsv"
-    # the chain to the pseudo-masks is the critical path: ahead of DeepLab on ground truth
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: 2
