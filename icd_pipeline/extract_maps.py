@@ -22,7 +22,6 @@ the first batches and prints both throughputs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -40,7 +39,7 @@ from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout, imag
 from .maps_io import MapsWriter
 from .misc.io import sha256_file
 from .misc.progress import progress as progress_bar
-from .misc.runtime import get_logger, select_device, set_threads
+from .misc.runtime import get_logger, select_device, set_threads, whole_image_inference
 
 log = get_logger("extract_maps")
 
@@ -103,22 +102,16 @@ def valid_cells(hw: Sequence[int], grid_hw: Sequence[int], padded_hw: Sequence[i
 # --------------------------------------------------------------------------- inference
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def forward_passes(model, inputs: list[torch.Tensor], flip: bool, device: torch.device):
     """Yield (scale index, cam, td) float32 logits on ``device`` for every pass, flipped
     passes already flipped back; a pass covers the whole padded batch."""
     for si, x in enumerate(inputs):
         x = x.to(device, non_blocking=True)
-        with _autocast(device):
+        with whole_image_inference(device):
             cam, td = model.predict(x)
         yield si, cam.float(), td.float()
         if flip:
-            with _autocast(device):
+            with whole_image_inference(device):
                 cam_f, td_f = model.predict(torch.flip(x, dims=[3]))
             yield si, torch.flip(cam_f.float(), dims=[3]), torch.flip(td_f.float(), dims=[3])
 
@@ -194,7 +187,7 @@ def cached_image_maps(model, cache, image_id: str, class_ids: Sequence[int], ima
         out, icd = cache.features(ci, v)
         feats = {"out": torch.from_numpy(out.astype(np.float32)).permute(2, 0, 1)[None].to(device),
                  "icd": torch.from_numpy(icd.astype(np.float32)).permute(2, 0, 1)[None].to(device)}
-        with _autocast(device):
+        with whole_image_inference(device):
             cam, td = model.predict(feats)
         pair = torch.stack([cam[0, idx].float(), td[0, idx].float()])  # (2, k, h, w)
         if cache.variants[v][1]:
@@ -271,7 +264,7 @@ def benchmark_forward(model, loader, flip: bool, device: torch.device, max_batch
         return {"images": 0, "seconds": 0.0, "images_per_s": float("nan")}
     images = sum(xs[0].shape[0] for xs in inputs) * repeats
     with torch.inference_mode():
-        for _ in forward_passes(model, inputs[0], flip, device):  # warm-up (cudnn autotune etc.)
+        for _ in forward_passes(model, inputs[0], flip, device):  # warm-up (allocator, lazy initialisation)
             pass
         _sync(device)
         t0 = time.perf_counter()
@@ -300,8 +293,6 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
     set_threads()
     maps_cfg = config["maps"]
     device = select_device(config.get("device", "auto"))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     layout = VOCLayout.open(data_root)
     dataset = ClassificationDataset(layout, split, transform=None)
     model, meta = load_model(checkpoint, device)

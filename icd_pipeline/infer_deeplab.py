@@ -42,7 +42,7 @@ from .data.voc import DataError, VOCLayout, read_image, to_tensor, write_palette
 from .evaluate import evaluate_dirs, write_results
 from .misc.io import atomic_dir
 from .misc.progress import progress as progress_bar
-from .misc.runtime import get_logger, select_device, set_threads
+from .misc.runtime import get_logger, inference_memory_format, select_device, set_threads, whole_image_inference
 from .models.deeplab import CheckpointError, load_deeplab
 
 LOG = get_logger("infer_deeplab")
@@ -58,15 +58,15 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequence
     h, w = images.shape[-2:]
     total = None
     passes = 0
-    use_amp = images.device.type == "cuda"
+    fmt = inference_memory_format(images.device)
     for s in scales:
         f = float(s) * float(input_scale)
         size = (max(1, int(round(h * f))), max(1, int(round(w * f))))
         x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for flipped in ((False, True) if flip else (False,)):
             xi = torch.flip(x, dims=[3]) if flipped else x
-            with torch.autocast(device_type=images.device.type, enabled=use_amp):
-                logits = model(xi.contiguous(memory_format=torch.channels_last))
+            with whole_image_inference(images.device):  # float32: each image has its own size
+                logits = model(xi.contiguous(memory_format=fmt))
             logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
             if flipped:
                 logits = torch.flip(logits, dims=[3])
@@ -113,12 +113,12 @@ class TestSettings:
 
 def load_for_inference(checkpoint: str | Path, device: torch.device,
                        num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """A trained DeepLab in eval mode, channels-last, on ``device``, and its checkpoint metadata.
+    """A trained DeepLab in eval mode on ``device`` (channels-last on the CPU), and its checkpoint metadata.
     Its backbone runs as ``Backbone.inference_copy()`` (BN folded into the convs: the same
     function in eval mode up to float rounding, faster on CPU)."""
     model, meta = load_deeplab(checkpoint, map_location=device, num_classes=num_classes)
     model.backbone = model.backbone.inference_copy()
-    return model.to(memory_format=torch.channels_last).eval(), meta
+    return model.to(memory_format=inference_memory_format(device)).eval(), meta
 
 
 def segment(model: torch.nn.Module, images: Sequence[np.ndarray], settings: TestSettings,

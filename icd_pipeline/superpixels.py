@@ -247,12 +247,14 @@ class DenseFeatures:
     def __call__(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, tuple[float, float]]]:
         import torch
 
+        from icd_pipeline.misc.runtime import whole_image_inference
+
         prepared = [self._prepare(im) for im in images]
         out: list = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for k, (x, _) in enumerate(prepared):
             groups.setdefault(tuple(x.shape[2:]), []).append(k)
-        with torch.inference_mode():
+        with torch.inference_mode(), whole_image_inference(self.device):
             for idx in groups.values():
                 x = torch.cat([prepared[k][0] for k in idx]).to(self.device)
                 f = self.net(x)["icd"].float().cpu().numpy()

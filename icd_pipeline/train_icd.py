@@ -50,7 +50,7 @@ from .misc import distributed as D
 from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
                             check_cache_argument)
 from .misc.io import atomic_path, write_csv_rows, write_json
-from .misc.runtime import get_logger, seed_everything, select_device, set_threads
+from .misc.runtime import get_logger, seed_everything, select_device, set_threads, whole_image_inference
 from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
                               divergence_advice)
 from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
@@ -112,7 +112,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate_classifier(model: ICDModel, layout: VOCLayout, split: str, input_scale: float,
-                        device: torch.device, amp: bool) -> dict:
+                        device: torch.device) -> dict:
     """Image-level mAP of the CAM classifier (GAP of the CAM logits) on ``split``: each image
     resized by ``input_scale``, single scale, no flip, the model in eval mode."""
     from .feature_cache import variant_image
@@ -122,7 +122,7 @@ def evaluate_classifier(model: ICDModel, layout: VOCLayout, split: str, input_sc
     model.eval()
     for image_id in ids:
         x = variant_image(read_image(layout.image_path(image_id)), input_scale, False)[None].to(device)
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with whole_image_inference(device):  # float32: each image has its own size
             cam, _ = model.predict(x)
         scores.append(cam.float().mean(dim=(2, 3)).cpu().numpy()[0])
         labels.append(multi_hot(layout.labels(image_id), layout.num_fg))
@@ -362,7 +362,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
     except Exception as exc:  # noqa: BLE001 - a figure must not fail the stage
         LOG.warning("could not draw the loss curve: %s", exc)
     if eval_split:
-        classifier = evaluate_classifier(model, layout, eval_split, float(cfg["input_scale"]), device, amp)
+        classifier = evaluate_classifier(model, layout, eval_split, float(cfg["input_scale"]), device)
         write_json(out_dir / "classifier.json", classifier)
         LOG.info("image-level classifier on %s: mAP %.3f over %d classes with positives (%d images)",
                  eval_split, classifier["map"], len(classifier["ap"]), classifier["images"])

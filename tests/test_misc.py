@@ -38,3 +38,18 @@ def _umask():
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_whole_image_inference_turns_cudnn_off_on_cuda_only():
+    import torch
+
+    from icd_pipeline.misc.runtime import inference_memory_format, whole_image_inference
+
+    before = torch.backends.cudnn.enabled
+    with whole_image_inference(torch.device("cuda")):
+        assert torch.backends.cudnn.enabled is False  # no per-shape cuDNN plans for whole images
+    assert torch.backends.cudnn.enabled == before
+    with whole_image_inference(torch.device("cpu")):
+        assert torch.backends.cudnn.enabled == before
+    assert inference_memory_format(torch.device("cuda")) == torch.contiguous_format
+    assert inference_memory_format(torch.device("cpu")) == torch.channels_last
