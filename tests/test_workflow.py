@@ -83,8 +83,9 @@ def test_tiny_run_produces_every_output(tiny_run):
 
 def test_deeplab_trainings_run_side_by_side_after_the_icd_chain(tiny_run):
     """At --cores 2 each DeepLab job gets one thread (deeplab_threads) and the two trainings
-    overlap; the chain to the pseudo-masks (priority 1) runs first, so DeepLab on ground truth
-    never holds the core that the chain's two-thread jobs wait for."""
+    overlap; the chain to the pseudo-masks (priority 2) runs first, so DeepLab on ground truth
+    never holds the core that the chain's two-thread jobs wait for, and both trainings
+    (priority 1) start before the short evaluation job."""
     first_log = sorted((tiny_run / ".snakemake" / "log").glob("*.snakemake.log"))[0]
     events, jobs = job_events(first_log.read_text())
     order = {event: i for i, event in enumerate(events)}
@@ -94,6 +95,8 @@ def test_deeplab_trainings_run_side_by_side_after_the_icd_chain(tiny_run):
     assert order[("start", full)] < order[("end", pseudo)] and order[("start", pseudo)] < order[("end", full)]
     chain = [jobid for jobid, j in jobs.items() if j["rule"] in ("train_icd", "make_pseudo_masks")]
     assert len(chain) == 2 and all(order[("end", j)] < order[("start", full)] for j in chain)
+    evaluation = by_name[("eval_pseudo_masks", "")]
+    assert max(order[("start", full)], order[("start", pseudo)]) < order[("start", evaluation)]
 
 
 def test_rerun_does_nothing(tiny_run):

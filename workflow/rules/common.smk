@@ -56,8 +56,26 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 
 # The rules of the chain to the pseudo-masks (superpixels, feature cache, ICD training, maps,
 # pseudo-masks) are the DAG's critical path: they run ahead of DeepLab on ground truth, which
-# would otherwise hold, at deeplab_threads(), a core their two-thread jobs wait for.
-CHAIN_PRIORITY = 1
+# would otherwise hold, at deeplab_threads(), cores their all-core jobs wait for. The two
+# DeepLab trainings come next, ahead of the short evaluation and picture jobs: once the
+# pseudo-masks exist both start together (on the tiny test DAG the scheduler otherwise ran the
+# evaluation beside the first training and the second training only after it).
+CHAIN_PRIORITY = 2
+DEEPLAB_TRAINING_PRIORITY = 1
+
+
+def all_threads():
+    """Threads of the chain's jobs (superpixels, feature cache, ICD training, maps, CRF
+    pseudo-masks) and of predict: all of --cores (2 on this project's 2-core reference machine,
+    as before). The chain's jobs wait on each other, so one job at a time holds the machine,
+    and their CPU work (superpixel and CRF process pools, torch threads) scales with it: at a
+    fixed 2, `--cores 16` on a GPU machine left the CRF at 2 processes. A cluster run has no
+    --cores: 2 there (the SLURM profile's set-threads gives the CPU stages 8).
+    """
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 2
 
 
 def deeplab_threads():

@@ -25,6 +25,7 @@ rule train_deeplab:
         f"{LOGS}/train_deeplab_{{target}}.log",
     benchmark:
         f"{BENCH}/train_deeplab_{{target}}.tsv"
+    priority: DEEPLAB_TRAINING_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
     threads: deeplab_threads()

@@ -18,7 +18,7 @@ rule superpixels:
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=4000,
         runtime=120,
@@ -43,7 +43,7 @@ rule feature_cache:
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=4000,
         runtime=240,
@@ -80,7 +80,7 @@ rule train_icd:
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=8000,
         runtime=720,
@@ -118,7 +118,7 @@ rule extract_maps:
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=4000,
         runtime=120,

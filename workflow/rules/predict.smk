@@ -19,7 +19,7 @@ rule predict_images:
         f"{BENCH}/predict_{PREDICT_MODEL}.tsv"
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=4000,
         runtime=240,

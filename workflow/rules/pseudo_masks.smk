@@ -14,7 +14,7 @@ rule make_pseudo_masks:
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
-    threads: 2
+    threads: all_threads()
     resources:
         mem_mb=4000,
         runtime=120,
