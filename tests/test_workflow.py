@@ -99,6 +99,16 @@ def test_deeplab_trainings_run_side_by_side_after_the_icd_chain(tiny_run):
     assert max(order[("start", full)], order[("start", pseudo)]) < order[("start", evaluation)]
 
 
+def test_pseudo_target_trains_on_the_chosen_pseudo_mask_folder(tiny_run):
+    """deeplab.pseudo_masks picks the folder of the "pseudo" DeepLab: the ICD+CRF masks by
+    default, the CAM baseline's on request (a DeepLab from CAM pseudo-masks to compare with)."""
+    for folder in ("cam_crf", "icd_seed"):
+        proc = run_snakemake(tiny_run, "-n", "-p", f"--configfile={TINY}", "results/tiny/default/deeplab/pseudo/model.pt",
+                             "--config", f"deeplab={{pseudo_masks: {folder}}}")
+        assert f"--mask-dir results/tiny/default/pseudo_masks/masks/{folder}" in proc.stdout
+        assert "pseudo_masks/masks/icd_crf" not in proc.stdout
+
+
 def test_rerun_does_nothing(tiny_run):
     assert nothing_to_do(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all"))
 
