@@ -64,6 +64,15 @@ CHAIN_PRIORITY = 2
 DEEPLAB_TRAINING_PRIORITY = 1
 
 
+def local_cores():
+    """--cores of a run on one machine; None on a cluster, where Snakemake has no --cores
+    (reading workflow.cores there raises WorkflowError)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
 def all_threads():
     """Threads of the chain's jobs (superpixels, feature cache, ICD training, maps, CRF
     pseudo-masks) and of predict: all of --cores (2 on this project's 2-core reference machine,
@@ -72,10 +81,8 @@ def all_threads():
     fixed 2, `--cores 16` on a GPU machine left the CRF at 2 processes. A cluster run has no
     --cores: 2 there (the SLURM profile's set-threads gives the CPU stages 8).
     """
-    try:
-        return workflow.cores
-    except WorkflowError:
-        return 2
+    cores = local_cores()
+    return 2 if cores is None else cores
 
 
 def deeplab_threads():
@@ -86,11 +93,8 @@ def deeplab_threads():
     default's two trainings took 148 s against 238 s one after the other at two threads.
     A cluster run has no --cores: each job gets 2 there (the profile's set-threads wins).
     """
-    try:
-        cores = workflow.cores
-    except WorkflowError:
-        return 2
-    return max(1, cores // 2)
+    cores = local_cores()
+    return 2 if cores is None else max(1, cores // 2)
 
 
 def data_root():
