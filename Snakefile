@@ -11,7 +11,7 @@ from icd_pipeline.config import load_yaml
 
 # Snakemake reports a YAML syntax error as "not valid JSON or YAML", with no file or line: read
 # the default config first, so that it stops with FILE:LINE:COLUMN. (--configfile files are read
-# before this file runs: `python -m icd_pipeline.run_workflow` checks those; README.)
+# before this file runs: `icd-pipeline run` checks those; README.)
 load_yaml(os.path.join(workflow.basedir, "config.yaml"))
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from icd_pipeline.data.voc import VOCLayout  # noqa: E402
-from icd_pipeline.report import to_markdown  # noqa: E402
+from icd_pipeline.summary import to_markdown  # noqa: E402
 
 
 def never_alone(layout: VOCLayout, split: str) -> set[str]:

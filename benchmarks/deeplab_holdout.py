@@ -6,11 +6,11 @@
 
 The split's image ids are permuted with a fixed generator (``--seed``) and a fraction of them
 (``--fraction``, a fifth by default) is held apart. For each value of ``--key`` a DeepLab is
-trained (``icd_pipeline.train_deeplab``, the resolved config of the given config files with
+trained (``icd_pipeline.stages.train_deeplab``, the resolved config of the given config files with
 that one key changed) on the other images, with the run's pseudo-masks
 (``--masks pseudo``: ``<results>/pseudo_masks/masks/<deeplab.pseudo_masks>``, as the DAG's
 "pseudo" target) or the ground truth (``--masks full``), and scored
-(``icd_pipeline.infer_deeplab``) on the held-apart images against their official masks. The
+(``icd_pipeline.stages.infer_deeplab``) on the held-apart images against their official masks. The
 run's feature cache (``<results>/features/<split>.h5``) is used when ``deeplab.feature_cache``
 is on. One row per value (mIoU on the held-apart images, training seconds) is printed and
 written to ``<work>/holdout.csv``; a value already scored in ``<work>`` is not retrained.
@@ -71,7 +71,7 @@ def run_value(cfg: dict, value, args, view: Path, work: Path) -> dict:
     seconds_file = out / "train_seconds.txt"
     if not summary.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        train_cmd = [sys.executable, "-m", "icd_pipeline.train_deeplab", "--config-json",
+        train_cmd = [sys.executable, "-m", "icd_pipeline.stages.train_deeplab", "--config-json",
                      json.dumps({k: cfg[k] for k in ("seed", "device", "deeplab")}), "--data-root", str(view),
                      "--split", f"{args.split}_fit", "--out-dir", str(out), "--no-progress"]
         if args.masks == "pseudo":
@@ -84,7 +84,7 @@ def run_value(cfg: dict, value, args, view: Path, work: Path) -> dict:
         seconds_file.write_text(f"{time.perf_counter() - t0:.1f}\n")
         infer_cfg = {k: cfg[k] for k in ("device", "deeplab", "pseudo_masks")}
         with open(out / "infer.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "icd_pipeline.infer_deeplab", "--config-json", json.dumps(infer_cfg),
+            subprocess.run([sys.executable, "-m", "icd_pipeline.stages.infer_deeplab", "--config-json", json.dumps(infer_cfg),
                             "--data-root", str(view), "--split", f"{args.split}_held", "--checkpoint",
                             str(out / "model.pt"), "--pred-dir", str(out / "pred"), "--out-csv",
                             str(out / "per_class.csv"), "--out-json", str(summary), "--no-progress"],

@@ -30,7 +30,7 @@ from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.misc.runtime import select_device, set_threads  # noqa: E402
 from icd_pipeline.models import backbones as B  # noqa: E402
 from icd_pipeline.models.deeplab import build_from_config  # noqa: E402
-from icd_pipeline.train_deeplab import make_optimizer, train_one_epoch  # noqa: E402
+from icd_pipeline.stages.train_deeplab import make_optimizer, train_one_epoch  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from icd_step import report  # noqa: E402

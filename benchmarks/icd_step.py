@@ -31,7 +31,7 @@ from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.losses import param_groups  # noqa: E402
 from icd_pipeline.misc.runtime import select_device  # noqa: E402
 from icd_pipeline.models.icd import build_icd_model  # noqa: E402
-from icd_pipeline.train_icd import train_step  # noqa: E402
+from icd_pipeline.stages.train_icd import train_step  # noqa: E402
 
 
 def main() -> int:

@@ -40,8 +40,8 @@ from icd_pipeline.feature_cache import variant_image  # noqa: E402
 from icd_pipeline.misc.progress import progress  # noqa: E402
 from icd_pipeline.misc.runtime import seed_everything, set_threads  # noqa: E402
 from icd_pipeline.models.icd import build_icd_model  # noqa: E402
-from icd_pipeline.report import to_markdown  # noqa: E402
-from icd_pipeline.train_icd import average_precision, class_average_precision  # noqa: E402
+from icd_pipeline.summary import to_markdown  # noqa: E402
+from icd_pipeline.evaluate import average_precision, class_average_precision  # noqa: E402
 
 L2_WEIGHTS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 

@@ -7,7 +7,7 @@ Prints, on this machine's CPU (or CUDA with ``--device auto`` when present):
 * predict images/s (wall clock; and images per CPU-second, the figure that survives a
   machine shared with other jobs) on the embedded val split (200 images of 96 px, generated here unless
   ``--embedded-root`` names a generated dataset) and on 50 real VOC sample photographs;
-* peak memory (max RSS of a fresh ``python -m icd_pipeline.predict`` process) on 50 and on
+* peak memory (max RSS of a fresh ``python -m icd_pipeline.stages.predict`` process) on 50 and on
   200 real photographs: streaming means the two are about equal. With mixed image sizes the
   peak also grows with the number of distinct sizes (most likely per-shape kernel caches):
   ``--same-size`` keeps the photographs of one size to separate the two effects;
@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from icd_pipeline import export, predict  # noqa: E402
+from icd_pipeline.stages import export, predict  # noqa: E402
 from icd_pipeline.config import load_config, validate  # noqa: E402
 from icd_pipeline.data import synthetic  # noqa: E402
 from icd_pipeline.data.voc import VOCLayout  # noqa: E402
@@ -46,7 +46,7 @@ from icd_pipeline.models.deeplab import build_from_config, save_deeplab  # noqa:
 SAMPLE = ROOT.parent / "shared" / "data" / "voc2012-sample" / "VOC2012"
 RSS_WRAPPER = (
     "import resource, sys\n"
-    "from icd_pipeline import predict\n"
+    "from icd_pipeline.stages import predict\n"
     "rc = predict.main(sys.argv[1:])\n"
     "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(rc)\n"

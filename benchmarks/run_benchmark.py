@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.data.voc import split_view  # noqa: E402
-from icd_pipeline.report import read_benchmarks, to_markdown  # noqa: E402
+from icd_pipeline.summary import read_benchmarks, to_markdown  # noqa: E402
 
 PY = sys.executable
 SPLITS: dict[str, str] = {}  # dataset split overrides (--sample-lists animals)
@@ -159,7 +159,7 @@ def stage_times(name: str) -> list[dict]:
 
 
 def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
-    from icd_pipeline import make_pseudo_masks
+    from icd_pipeline.stages import make_pseudo_masks
     from icd_pipeline.data.voc import VOCLayout
     from icd_pipeline.maps_io import MapsReader
 
@@ -173,7 +173,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     stage_json = json.dumps({"device": cfg["device"], "maps": cfg["maps"]})
 
     # extraction vs bare forward of the same model on the same images
-    out = subprocess.run([PY, "-m", "icd_pipeline.extract_maps", "--config-json", stage_json,
+    out = subprocess.run([PY, "-m", "icd_pipeline.stages.extract_maps", "--config-json", stage_json,
                           "--data-root", str(data_root), "--split", split, "--checkpoint",
                           str(res / "icd" / "model.pt"), "--out", str(work / "maps.h5"),
                           "--benchmark-forward", "--benchmark-batches", "1000", "--no-progress"],
@@ -216,11 +216,11 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     # memory at 1x and 4x the images (extraction; pseudo-masks with one worker process)
     for tag in ("bench1x", "bench4x"):
         count = len((view / "ImageSets" / "Segmentation" / f"{tag}.txt").read_text().split())
-        _, rss = run_measured([PY, "-m", "icd_pipeline.extract_maps", "--config-json", stage_json,
+        _, rss = run_measured([PY, "-m", "icd_pipeline.stages.extract_maps", "--config-json", stage_json,
                                "--data-root", str(view), "--split", tag, "--checkpoint",
                                str(res / "icd" / "model.pt"), "--out", str(work / f"{tag}.h5"), "--no-progress"])
         add(f"peak RSS extraction, {count} images", rss, "MB")
-        _, rss = run_measured([PY, "-m", "icd_pipeline.make_pseudo_masks", "--config-json",
+        _, rss = run_measured([PY, "-m", "icd_pipeline.stages.make_pseudo_masks", "--config-json",
                                json.dumps({"pseudo_masks": cfg["pseudo_masks"], "seeds": cfg["seeds"]}),
                                "--data-root", str(view), "--split", tag, "--maps", str(work / f"{tag}.h5"),
                                "--out-dir", str(work / f"{tag}_masks"), "--workers", "1"])

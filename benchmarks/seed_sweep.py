@@ -27,7 +27,7 @@ from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config  # noqa: E402
 from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
 from icd_pipeline.evaluate import Evaluator  # noqa: E402
-from icd_pipeline.make_pseudo_masks import cell_size  # noqa: E402
+from icd_pipeline.stages.make_pseudo_masks import cell_size  # noqa: E402
 from icd_pipeline.maps_io import MapsReader  # noqa: E402
 from icd_pipeline.seeds import cam_seed, icd_seed, upsample_maps  # noqa: E402
 

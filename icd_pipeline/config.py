@@ -12,9 +12,9 @@ and the command line override it. A file whose top level says ``base: paper`` st
 from the schema defaults: every layer before it (``config.yaml`` included) is dropped, so a
 preset that claims the paper's recipe gets it whatever ``config.yaml`` holds.
 :func:`resolve_layers` is the one merge; the workflow (``workflow/rules/common.smk``, via
-:func:`resolve_workflow_config`) and ``python -m icd_pipeline.config show`` both call it::
+:func:`resolve_workflow_config`) and ``icd-pipeline config show`` both call it::
 
-    python -m icd_pipeline.config show [--configfile F ...] [--config KEY=VALUE ...] [--changed]
+    icd-pipeline config show [--configfile F ...] [--config KEY=VALUE ...] [--changed]
 
 prints the resolved configuration as YAML, each leaf with its origin (schema default,
 config.yaml, a preset file, command line).
@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -321,43 +320,7 @@ def section_json(config: dict, *sections: str) -> str:
     return json.dumps({s: config[s] for s in sections if s in config}, sort_keys=True, separators=(",", ":"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m icd_pipeline.config",
-        description="Show the configuration exactly as the workflow resolves it, each leaf with its origin.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="print the resolved config (YAML, origins as comments)")
-    show.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="FILE",
-                      help="as snakemake --configfile (after config.yaml, in order)")
-    show.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                      help="as snakemake --config, e.g. 'icd={epochs: 2}' seed=1")
-    show.add_argument("--replace-workflow-config", action="store_true",
-                      help="as snakemake's flag: config.yaml is not read")
-    show.add_argument("--changed", action="store_true",
-                      help="only the leaves whose value differs from the schema defaults (the paper's recipe)")
-    write = sub.add_parser("write", help="write a resolved config (what the workflow stores per experiment)")
-    write.add_argument("--config-json", required=True, help="the resolved config as JSON")
-    write.add_argument("--origins-json", required=True, help="{leaf: origin} as JSON")
-    write.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "show":
-            config, origins = resolve_workflow_config(args.configfile, _parse_cli(args.config),
-                                                      use_default=not args.replace_workflow_config)
-            print(format_resolved(config, origins, changed_only=args.changed), end="")
-        else:
-            from icd_pipeline.misc.io import atomic_path
-
-            config, origins = json.loads(args.config_json), json.loads(args.origins_json)
-            with atomic_path(args.out) as tmp:
-                Path(tmp).write_text(format_resolved(config, origins))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _parse_cli(entries: list[str]) -> dict:
+def parse_cli_config(entries: list[str]) -> dict:
     """KEY=VALUE arguments parsed as Snakemake parses --config (its own parser when installed)."""
     if not entries:
         return {}
@@ -373,6 +336,3 @@ def _parse_cli(entries: list[str]) -> dict:
         return out
     return parse_config(entries)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,16 +4,11 @@ A confusion matrix is accumulated over the whole split (never averaged per image
 truth 255 is ignored. Predicted 255 (pseudo-masks have them) counts as background by
 default; with ``ignore_pred_void`` (the ICD authors' ``compute_iou.py`` protocol) those
 pixels are left out, and the fraction left out is reported.
-
-Entry point::
-
-    python -m icd_pipeline.evaluate --data-root DIR --split train --pred-dir DIR \
-        --out-csv per_class.csv --out-json summary.json [--ignore-pred-void]
+``stages.score`` scores any folder of masks with it from the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,9 +17,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from icd_pipeline.data.voc import VOID, DataError, VOCLayout, read_mask
-from icd_pipeline.misc.io import atomic_path
-from icd_pipeline.misc.progress import progress as progress_bar
+from .data.voc import VOID, DataError, VOCLayout, read_mask
+from .misc.io import atomic_path
+from .misc.progress import progress as progress_bar
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
@@ -142,28 +137,23 @@ def write_results(ev: Evaluator, class_names: Sequence[str], out_csv: str | Path
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
-    parser.add_argument("--split", required=True, help="split list name under ImageSets/Segmentation")
-    parser.add_argument("--pred-dir", required=True, help="folder of palette PNG predictions <id>.png")
-    parser.add_argument("--gt-dir", default=None, help="ground-truth folder (default: the layout's masks)")
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-json", required=True)
-    parser.add_argument("--ignore-pred-void", action="store_true",
-                        help="leave out pixels predicted 255 (the ICD authors' protocol)")
-    args = parser.parse_args(argv)
-    try:
-        layout = VOCLayout.open(args.data_root)
-        ev = evaluate_dirs(layout, layout.ids(args.split), args.pred_dir, args.ignore_pred_void, args.gt_dir)
-        summary = write_results(ev, layout.class_names, args.out_csv, args.out_json,
-                                {"split": args.split})
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+
+def class_average_precision(scores: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per class with at least one positive (column index -> AP): non-interpolated AP, the
+    mean precision at the ranks of the positives."""
+    aps = {}
+    for c in range(labels.shape[1]):
+        y = labels[:, c]
+        if y.sum() == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = y[order]
+        prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps[c] = float((prec * hits).sum() / hits.sum())
+    return aps
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with at least one positive of the (non-interpolated) AP."""
+    aps = class_average_precision(scores, labels)
+    return float(np.mean(list(aps.values()))) if aps else float("nan")

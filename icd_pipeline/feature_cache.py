@@ -5,10 +5,7 @@ layers run on their stored statistics), the backbone is a fixed function of the 
 its features under the training augmentation's scales and flips can be computed once and
 the heads (CAM fc6/fc7/fc8, ICD BN + directions + top-down head) trained from them for many
 epochs. Enabled by ``icd.feature_cache: true``; ``train_icd`` refuses it for a backbone that
-trains.
-
-    python -m icd_pipeline.feature_cache --config-json JSON --data-root DIR --split train \
-        --out results/<ds>/features/train.h5
+trains. ``stages.feature_cache`` writes the file.
 
 What is cached: for each image and each variant (s, flip) with s in ``icd.scales`` (times
 ``icd.input_scale``) and flip in (no, yes), the image is resized exactly as the training
@@ -28,17 +25,12 @@ File layout (HDF5)::
     /index    int64 (N, V, 5): row offset, h, w, scaled_h, scaled_w of each image/variant
     /out      float16 (cells, C_out)   backbone "out" features, row = cell (row-major h, w)
     /icd      float16 (cells, C_icd)   backbone "icd" features
-
-Written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,13 +38,10 @@ import h5py
 import numpy as np
 import torch
 
-from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import DataError, VOCLayout, _resize, multi_hot, read_image
-from .misc.io import atomic_path
-from .misc.runtime import (get_logger, inference_memory_format, seed_everything, select_device, set_threads,
-                           whole_image_inference)
+from .config import ConfigError
+from .data.voc import VOCLayout, _resize, multi_hot
+from .misc.runtime import inference_memory_format, whole_image_inference
 
-LOG = get_logger("feature_cache")
 FORMAT = "icd-pipeline/feature-cache"
 VERSION = 1
 # the keys that define the cached features (anything else may change without a rebuild); the
@@ -128,17 +117,6 @@ def variant_image(image: np.ndarray, scale: float, flip: bool) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1) / 255.0))
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, layout: VOCLayout, ids: Sequence[str]):
-        self.layout, self.ids = layout, list(ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        return self.ids[i], read_image(self.layout.image_path(self.ids[i]))
-
-
 @torch.inference_mode()
 def compute_features(backbone, image: np.ndarray, var: Sequence[tuple[float, bool]], device: torch.device
                      ) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
@@ -160,66 +138,6 @@ def compute_features(backbone, image: np.ndarray, var: Sequence[tuple[float, boo
         for j, vi in enumerate(vis):
             results[vi] = (out[j], icd[j], scaled_hw(image.shape[:2], s))
     return [results[vi] for vi in range(len(var))]
-
-
-def build(config: dict, data_root: str | Path, split: str, out: str | Path, progress: bool = True) -> dict:
-    """Compute and write the cache of ``split`` (see the module docstring)."""
-    from .misc.progress import progress as progress_bar
-
-    from .models.icd import build_icd_model
-
-    set_threads()
-    cfg = config["icd"]
-    device = select_device(config.get("device", "auto"))
-    layout = VOCLayout.open(data_root)
-    ids = layout.ids(split)
-    seed_everything(int(config.get("seed", 0)))  # as train_icd does before building the model
-    model = build_icd_model(cfg, layout.num_fg)
-    check_backbone_frozen(model)
-    backbone = model.backbone.to(device).eval()
-    # BN folded into the convs, channels-last on the CPU: ~25 % faster, same features up to float
-    # rounding (the cache stores float16); the fingerprint below is of the weights as trained
-    fast = backbone.inference_copy().to(memory_format=inference_memory_format(device))
-    var = variants(cfg)
-    loader = torch.utils.data.DataLoader(_Images(layout, ids), batch_size=None, shuffle=False,
-                                         num_workers=min(2, int(cfg.get("num_workers", 0))))
-    index = np.zeros((len(ids), len(var), 5), dtype=np.int64)
-    t0 = time.perf_counter()
-    LOG.info("feature cache: %d images of %s/%s, %d variants (scales %s x flip), backbone %s, device %s",
-             len(ids), data_root, split, len(var), sorted({s for s, _ in var}), cfg["backbone"], device)
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            c_out, c_icd = backbone.out_channels, backbone.icd_channels
-            d_out = h5.create_dataset("out", shape=(0, c_out), maxshape=(None, c_out), dtype=np.float16,
-                                      chunks=(max(1, 65536 // c_out), c_out))
-            d_icd = h5.create_dataset("icd", shape=(0, c_icd), maxshape=(None, c_icd), dtype=np.float16,
-                                      chunks=(max(1, 65536 // c_icd), c_icd))
-            rows = 0
-            bar = progress_bar(loader, desc="feature cache", unit="img", disable=not progress, file=sys.stderr)
-            for i, (image_id, image) in enumerate(bar):
-                feats = compute_features(fast, np.asarray(image), var, device)
-                n = sum(o.shape[0] * o.shape[1] for o, _, _ in feats)
-                d_out.resize(rows + n, axis=0)
-                d_icd.resize(rows + n, axis=0)
-                for vi, (o, c, shw) in enumerate(feats):
-                    h, w = o.shape[:2]
-                    d_out[rows:rows + h * w] = o.reshape(h * w, c_out)
-                    d_icd[rows:rows + h * w] = c.reshape(h * w, c_icd)
-                    index[i, vi] = (rows, h, w, shw[0], shw[1])
-                    rows += h * w
-            bar.close()
-            h5.create_dataset("index", data=index)
-            h5.create_dataset("ids", data=np.array([s.encode() for s in ids], dtype=f"S{max(map(len, ids), default=1)}"))
-            h5.attrs.update({"format": FORMAT, "version": VERSION, "split": split,
-                             "settings": json.dumps(cache_settings(cfg), sort_keys=True),
-                             "variants": json.dumps([[s, f] for s, f in var]), "stride": int(backbone.stride),
-                             "out_channels": int(c_out), "icd_channels": int(c_icd),
-                             "backbone_sha256": backbone_fingerprint(backbone)})
-    seconds = time.perf_counter() - t0
-    size = Path(out).stat().st_size
-    LOG.info("wrote %s: %d images x %d variants, %.1f MB, %.1f s (%.1f images/s)", out, len(ids), len(var),
-             size / 1e6, seconds, len(ids) / max(seconds, 1e-9))
-    return {"images": len(ids), "variants": len(var), "seconds": seconds, "bytes": size}
 
 
 class FeatureCache:
@@ -387,22 +305,3 @@ class CachedTrainDataset(_CachedSamples):
                 "superpixels": crop_superpixels(sp, self.cache.index[ci, v, 3:5], self.cache.variants[v][1], top,
                                                 left, self.cells, self.cache.stride)}
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.feature_cache",
-                                     description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
-    parser.add_argument("--split", default="train", help="image list under ImageSets/Segmentation")
-    parser.add_argument("--out", required=True, help="output HDF5 file (results/<ds>/features/<split>.h5)")
-    args = parser.parse_args(argv)
-    try:
-        build(config_from_args(args), args.data_root, args.split, args.out)
-    except (DataError, ConfigError, CacheError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

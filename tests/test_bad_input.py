@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from icd_pipeline import train_deeplab, train_icd
-from icd_pipeline.data import prepare
+from icd_pipeline.stages import train_deeplab, train_icd
 from icd_pipeline.data.voc import write_palette_png
 from icd_pipeline.models.icd import build_icd_model, save_icd_checkpoint
+from icd_pipeline.stages import validate_dataset
 
 from test_train_icd import icd_config, make_voc
 
@@ -64,7 +64,7 @@ def test_dataset_faults_fail_validation_naming_the_file(voc, tmp_path, capsys, f
     cfg = json.dumps({"dataset": {"name": "mine", "source": "folder", "root": str(voc), "train_split": "train",
                                   "eval_split": "train"}})
     capsys.readouterr()
-    assert prepare.main(["folder", "--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 1
+    assert validate_dataset.main(["--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and name in err and problem in err, err
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
@@ -74,7 +74,7 @@ def test_clean_dataset_validates(voc, tmp_path):
     out = tmp_path / "manifest.json"
     cfg = json.dumps({"dataset": {"name": "mine", "source": "folder", "root": str(voc), "train_split": "train",
                                   "eval_split": "train"}})
-    assert prepare.main(["folder", "--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 0
+    assert validate_dataset.main(["--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["splits"] == {"train": 9}
 
 
@@ -104,7 +104,7 @@ def test_config_key_of_wrong_type_is_named(voc, tmp_path, capsys, section, key, 
 
 
 def test_checkpoint_of_other_class_count_is_refused(voc, tmp_path, capsys):
-    from icd_pipeline.extract_maps import main as extract_main
+    from icd_pipeline.stages.extract_maps import main as extract_main
 
     cfg = icd_config()
     save_icd_checkpoint(tmp_path / "model.pt", build_icd_model(cfg["icd"], 5), cfg["icd"],

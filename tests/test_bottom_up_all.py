@@ -10,7 +10,7 @@ import torch
 from icd_pipeline.losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, owned_pixels,
                                   sign_of, update_sign)
 from icd_pipeline.models.icd import build_icd_model
-from icd_pipeline.train_icd import train_step
+from icd_pipeline.stages.train_icd import train_step
 
 K, C, H, W = 4, 6, 6, 8
 

@@ -16,9 +16,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from icd_pipeline.data import coco, prepare
+from icd_pipeline.data import coco
 from icd_pipeline.data import download as dl
+from icd_pipeline.stages import download as download_stage
 from icd_pipeline.data.voc import VOID, DataError, VOCLayout, read_mask
+from icd_pipeline.stages import prepare_coco
 from smk import TINY, jobs_in_dry_run, run_snakemake
 from test_download_prepare import _md5, _Server, server  # noqa: F401 (server: the local HTTP fixture)
 
@@ -241,18 +243,18 @@ def test_download_and_prepare_coco_end_to_end(server, coco_zips, tmp_path, capsy
     server.modes["/train2014.zip"] = "cut_once"  # resumes with a range request
     dataset = _dataset(download)
     downloads = tmp_path / "downloads"
-    assert dl.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
+    assert download_stage.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
     assert server.requests("/train2014.zip") == [None, f"bytes={len(coco_zips['train2014.zip']) // 2}-"]
     record = json.loads((downloads / "extracted.json").read_text())
     assert {k: v["root"] for k, v in record.items()} == {
         "coco_train2014": "coco_train2014", "coco_val2014": "coco_val2014",
         "coco_annotations": "coco_annotations/annotations"}
     n_requests = len(server.log)  # a rerun finds the extractions and asks nothing
-    assert dl.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
+    assert download_stage.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
     assert len(server.log) == n_requests
 
     out = tmp_path / "data"
-    assert prepare.main(["coco", "--config-json", _cfg(dataset), "--downloads", str(downloads),
+    assert prepare_coco.main(["--config-json", _cfg(dataset), "--downloads", str(downloads),
                          "--out", str(out), "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "coco2014" and manifest["class_names"] == list(coco.COCO_CLASSES)
@@ -305,7 +307,7 @@ def test_download_and_prepare_coco_end_to_end(server, coco_zips, tmp_path, capsy
     # wrong expected counts: error naming them before any conversion, no output folder
     bad = dict(dataset, expected_counts=None)  # null: the real COCO 2014 counts
     capsys.readouterr()
-    assert prepare.main(["coco", "--config-json", _cfg(bad), "--downloads", str(downloads),
+    assert prepare_coco.main(["--config-json", _cfg(bad), "--downloads", str(downloads),
                          "--out", str(tmp_path / "data3"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "train: got 3, expected 82081" in err
@@ -319,7 +321,7 @@ def test_coco_checksum_failure_and_mirror(server, coco_zips, tmp_path, capsys):
     download["coco_annotations"]["md5"] = wrong
     out = tmp_path / "downloads"
     capsys.readouterr()
-    assert dl.main(["--config-json", _cfg(_dataset(download)), "--out-dir", str(out), "--no-progress"]) == 1
+    assert download_stage.main(["--config-json", _cfg(_dataset(download)), "--out-dir", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "md5 mismatch" in err and wrong in err and _md5(coco_zips["annotations_trainval2014.zip"]) in err
     assert not (out / "extracted.json").exists()
@@ -330,7 +332,7 @@ def test_coco_checksum_failure_and_mirror(server, coco_zips, tmp_path, capsys):
     good = download["coco_annotations"]["urls"][0]
     download["coco_annotations"]["urls"] = [server.url("/gone/annotations_trainval2014.zip"), good]
     n_train = len(server.requests("/train2014.zip"))
-    assert dl.main(["--config-json", _cfg(_dataset(download)), "--out-dir", str(out), "--no-progress"]) == 0
+    assert download_stage.main(["--config-json", _cfg(_dataset(download)), "--out-dir", str(out), "--no-progress"]) == 0
     assert len(server.requests("/train2014.zip")) == n_train
     assert server.requests("/gone/annotations_trainval2014.zip") == [None]
     assert (out / "coco_annotations/annotations/instances_val2014.json").is_file()

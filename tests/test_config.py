@@ -86,7 +86,7 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
 
 
 def test_entry_point_names_the_broken_line(tmp_path, capsys):
-    from icd_pipeline import train_icd
+    from icd_pipeline.stages import train_icd
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(BROKEN_YAML)

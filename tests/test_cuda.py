@@ -22,8 +22,9 @@ from test_deeplab import _config as deeplab_config
 from test_deeplab import _make_dataset
 from test_train_icd import icd_config, make_voc, read_rows
 
-from icd_pipeline import extract_maps, infer_deeplab, train_deeplab, train_icd
+from icd_pipeline.stages import extract_maps, infer_deeplab, train_deeplab, train_icd
 from icd_pipeline import feature_cache as FC
+from icd_pipeline.stages import feature_cache as feature_cache_stage
 from icd_pipeline.config import validate
 from icd_pipeline.maps_io import MapsReader
 from icd_pipeline.misc.runtime import select_device
@@ -80,7 +81,7 @@ def test_feature_cache_on_cuda_matches_the_cpu_cache(voc, tmp_path):
         cfg = validate(icd_config(frozen_stages=4, freeze_bn=True, feature_cache=True, scales=[1.0, 1.5]))
         cfg["device"] = device
         caches[device] = tmp_path / f"{device}.h5"
-        FC.build(cfg, voc, "train", caches[device], progress=False)
+        feature_cache_stage.build(cfg, voc, "train", caches[device], progress=False)
     cpu, gpu = FC.FeatureCache(caches["cpu"]), FC.FeatureCache(caches["cuda"])
     assert cpu.ids == gpu.ids and cpu.variants == gpu.variants
     np.testing.assert_array_equal(cpu.index, gpu.index)

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from icd_pipeline import deeplab_pictures, infer_deeplab, train_deeplab
+from icd_pipeline import inference
+from icd_pipeline.stages import deeplab_pictures, infer_deeplab, train_deeplab
 from icd_pipeline.config import validate
 from icd_pipeline.data.voc import VOID, write_palette_png
 from icd_pipeline.models.backbones import feature_size
@@ -98,7 +99,7 @@ def test_load_for_inference_folds_bn_and_keeps_the_logits(tmp_path):
     torch.manual_seed(0)
     model = build_deeplab("deeplab_largefov", "efficientnet_lite0", 3, pretrained=True, output_stride=16)
     save_deeplab(tmp_path / "m.pt", model, {"model": "deeplab_largefov"}, CLASSES)
-    fast, meta = infer_deeplab.load_for_inference(tmp_path / "m.pt", torch.device("cpu"))
+    fast, meta = inference.load_for_inference(tmp_path / "m.pt", torch.device("cpu"))
     assert fast.backbone.bn_modules() == [] and not fast.training and meta["class_names"] == CLASSES
     x = torch.rand(2, 3, 75, 99)
     with torch.no_grad():
@@ -173,8 +174,8 @@ class ConstantModel(nn.Module):
 def test_multiscale_flip_equals_single_scale_for_constant_model():
     model = ConstantModel([0.5, -1.0, 2.0])
     images = torch.rand(2, 3, 37, 45)
-    single = infer_deeplab.predict_probs(model, images, [1.0], False, input_scale=2.0)
-    multi = infer_deeplab.predict_probs(model, images, [0.75, 1.0, 1.25], True, input_scale=2.0)
+    single = inference.predict_probs(model, images, [1.0], False, input_scale=2.0)
+    multi = inference.predict_probs(model, images, [0.75, 1.0, 1.25], True, input_scale=2.0)
     assert single.shape == (2, 3, 37, 45)
     torch.testing.assert_close(multi, single)
     torch.testing.assert_close(single[0, :, 0, 0], torch.softmax(model.values, 0))
@@ -184,8 +185,8 @@ def test_flip_averaging_is_flip_equivariant():
     torch.manual_seed(0)
     model = build_deeplab("deeplab_largefov", "tiny", 3, pretrained=False, output_stride=8).eval()
     images = torch.rand(1, 3, 32, 40)
-    p = infer_deeplab.predict_probs(model, images, [1.0, 1.5], True)
-    pf = infer_deeplab.predict_probs(model, torch.flip(images, dims=[3]), [1.0, 1.5], True)
+    p = inference.predict_probs(model, images, [1.0, 1.5], True)
+    pf = inference.predict_probs(model, torch.flip(images, dims=[3]), [1.0, 1.5], True)
     torch.testing.assert_close(torch.flip(pf, dims=[3]), p, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p.sum(1), torch.ones(1, 32, 40))
 

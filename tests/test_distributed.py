@@ -124,9 +124,9 @@ def _max_weight_difference(a: Path, b: Path) -> float:
 
 
 def test_torchrun_command():
-    cmd = torchrun_command(4, "icd_pipeline.train_icd", ["--split", "train"])
+    cmd = torchrun_command(4, "icd_pipeline.stages.train_icd", ["--split", "train"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
-                       "icd_pipeline.train_icd", "--split", "train"]
+                       "icd_pipeline.stages.train_icd", "--split", "train"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_icd_two_processes_match_one(voc, tmp_path):
     outs = {}
     for n in (1, 2):
         outs[n] = tmp_path / f"out{n}"
-        proc = _launch(n, "icd_pipeline.train_icd", ["--config-json", json.dumps(cfg), "--data-root", str(voc),
+        proc = _launch(n, "icd_pipeline.stages.train_icd", ["--config-json", json.dumps(cfg), "--data-root", str(voc),
                                                      "--split", "train", "--grid-superpixels", "8",
                                                      "--out-dir", str(outs[n])])
         if n == 2:
@@ -164,7 +164,7 @@ def test_deeplab_two_processes_match_one(voc, tmp_path):
     outs = {}
     for n in (1, 2):
         outs[n] = tmp_path / f"out{n}"
-        _launch(n, "icd_pipeline.train_deeplab", ["--config-json", json.dumps(cfg), "--data-root", str(voc),
+        _launch(n, "icd_pipeline.stages.train_deeplab", ["--config-json", json.dumps(cfg), "--data-root", str(voc),
                                                   "--split", "train", "--out-dir", str(outs[n]), "--no-progress"])
     assert _max_weight_difference(outs[1] / "model.pt", outs[2] / "model.pt") < 1e-4
     import pandas as pd
@@ -176,7 +176,7 @@ def test_deeplab_two_processes_match_one(voc, tmp_path):
 
 def test_indivisible_batch_fails_clearly(voc, tmp_path):
     cfg = icd_config(epochs=1, batch_size=7)
-    cmd = [sys.executable, "-m", "icd_pipeline.misc.launch", "--nproc", "2", "icd_pipeline.train_icd",
+    cmd = [sys.executable, "-m", "icd_pipeline.misc.launch", "--nproc", "2", "icd_pipeline.stages.train_icd",
            "--config-json", json.dumps(cfg), "--data-root", str(voc), "--split", "train", "--grid-superpixels", "8",
            "--out-dir", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
@@ -192,5 +192,5 @@ def test_rules_launch_torchrun_with_the_gpu_resource(tmp_path):
                          "--set-resources", "train_icd:gpu=2", "train_deeplab:gpu=3")
     text = proc.stdout + proc.stderr
     assert {"train_icd", "train_deeplab"} <= jobs_in_dry_run(proc)
-    assert "icd_pipeline.misc.launch --nproc 2 icd_pipeline.train_icd" in text
-    assert "icd_pipeline.misc.launch --nproc 3 icd_pipeline.train_deeplab" in text
+    assert "icd_pipeline.misc.launch --nproc 2 icd_pipeline.stages.train_icd" in text
+    assert "icd_pipeline.misc.launch --nproc 3 icd_pipeline.stages.train_deeplab" in text

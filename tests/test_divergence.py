@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icd_pipeline import train_deeplab, train_icd
+from icd_pipeline.stages import train_deeplab, train_icd
 
 from smk import TINY
 from test_train_icd import make_voc

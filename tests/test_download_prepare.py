@@ -18,8 +18,9 @@ import scipy.io
 from PIL import Image
 
 from icd_pipeline.data import download as dl
-from icd_pipeline.data import prepare
+from icd_pipeline.stages import download as download_stage
 from icd_pipeline.data.voc import VOC_CLASSES, DataError, VOCLayout, read_mask, write_palette_png
+from icd_pipeline.stages import validate_dataset, prepare_voc
 
 SAMPLE = Path(os.environ.get("ICD_VOC_SAMPLE", "/work/shared/data/voc2012-sample/VOC2012"))
 
@@ -227,7 +228,7 @@ def test_download_and_prepare_end_to_end(server, archives, tmp_path, capsys):
         "expected_counts": {"train_aug": 4, "train": 2, "val": 2},
     }
     downloads = tmp_path / "downloads"
-    assert dl.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
+    assert download_stage.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
     record = json.loads((downloads / "extracted.json").read_text())
     assert record["voc"]["root"] == "voc/VOCdevkit/VOC2012"
     assert record["sbd"]["root"] == "sbd/benchmark_RELEASE/dataset"
@@ -236,11 +237,11 @@ def test_download_and_prepare_end_to_end(server, archives, tmp_path, capsys):
 
     # a rerun finds both extractions and asks the server nothing
     n_requests = len(server.log)
-    assert dl.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
+    assert download_stage.main(["--config-json", _cfg(dataset), "--out-dir", str(downloads), "--no-progress"]) == 0
     assert len(server.log) == n_requests
 
     out = tmp_path / "data"
-    assert prepare.main(["voc", "--config-json", _cfg(dataset), "--downloads", str(downloads),
+    assert prepare_voc.main(["--config-json", _cfg(dataset), "--downloads", str(downloads),
                          "--out", str(out), "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == {"source": "voc2012", "root": str(out), "class_names": list(VOC_CLASSES),
@@ -274,7 +275,7 @@ def test_download_and_prepare_end_to_end(server, archives, tmp_path, capsys):
     bad = dict(dataset, expected_counts={"train_aug": 10582, "train": 2, "val": 2})
     out2 = tmp_path / "data2"
     capsys.readouterr()
-    assert prepare.main(["voc", "--config-json", _cfg(bad), "--downloads", str(downloads),
+    assert prepare_voc.main(["--config-json", _cfg(bad), "--downloads", str(downloads),
                          "--out", str(out2), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "train_aug: got 4, expected 10582" in err
@@ -362,7 +363,7 @@ def test_md5_mismatch_and_all_mirrors_failing(server, tmp_path, capsys):
         "sbd": {"urls": [server.url("/c.tar")], "md5": wrong}, "retries": 1}}
     out = tmp_path / "downloads"
     capsys.readouterr()
-    assert dl.main(["--config-json", _cfg(dataset), "--out-dir", str(out), "--no-progress"]) == 1
+    assert download_stage.main(["--config-json", _cfg(dataset), "--out-dir", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and wrong in err and _md5(body) in err
     assert list(out.iterdir()) == []
@@ -433,7 +434,7 @@ def test_folder_validation_and_missing_image(tmp_path, capsys):
     dataset = {"name": "mine", "source": "folder", "root": str(root), "train_split": "train",
                "eval_split": "val"}
     manifest_path = tmp_path / "results" / "mine" / "data" / "manifest.json"
-    assert prepare.main(["folder", "--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
                          "--no-progress"]) == 0
     manifest = json.loads(manifest_path.read_text())
     assert manifest == {"source": "folder", "root": str(root.resolve()), "class_names": list(VOC_CLASSES),
@@ -443,7 +444,7 @@ def test_folder_validation_and_missing_image(tmp_path, capsys):
     missing.unlink()
     manifest_path.unlink()
     capsys.readouterr()
-    assert prepare.main(["folder", "--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
                          "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and str(missing) in err
@@ -452,12 +453,12 @@ def test_folder_validation_and_missing_image(tmp_path, capsys):
     # a mask whose size differs from its image is named too
     missing.write_bytes(_jpeg(0))
     write_palette_png(root / "SegmentationClass" / "2008_000003.png", np.zeros((5, 5), np.uint8))
-    assert prepare.main(["folder", "--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
                          "--no-progress"]) == 1
     assert "2008_000003.png: mask size" in capsys.readouterr().err
 
     # source folder without dataset.root
-    assert prepare.main(["folder", "--config-json", _cfg({"source": "folder"}),
+    assert validate_dataset.main(["--config-json", _cfg({"source": "folder"}),
                          "--out-manifest", str(manifest_path), "--no-progress"]) == 1
     assert "dataset.root" in capsys.readouterr().err
 
@@ -467,7 +468,7 @@ def test_real_sample_validates(tmp_path):
     dataset = {"name": "voc2012-sample", "source": "folder", "root": str(SAMPLE),
                "train_split": "train_small", "eval_split": "val_small"}
     out = tmp_path / "manifest.json"
-    assert prepare.main(["folder", "--config-json", _cfg(dataset), "--out-manifest", str(out),
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(out),
                          "--no-progress"]) == 0
     manifest = json.loads(out.read_text())
     assert manifest["source"] == "folder" and manifest["root"] == str(SAMPLE.resolve())

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from icd_pipeline.data.voc import write_palette_png
-from icd_pipeline.eval_pseudo_masks import main
+from icd_pipeline.stages.eval_pseudo_masks import main
 
 CLASSES = ["background", "cat", "dog"]
 V = 255

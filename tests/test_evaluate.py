@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from icd_pipeline.data.voc import VOCLayout, write_palette_png
-from icd_pipeline.evaluate import Evaluator, confusion_matrix, evaluate_dirs, main, scores
+from icd_pipeline.evaluate import Evaluator, confusion_matrix, evaluate_dirs, scores
+from icd_pipeline.stages.score import main
 
 
 def test_confusion_matrix_hand_computed_with_void_in_gt_and_pred():

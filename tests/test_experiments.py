@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from icd_pipeline import compare
+from icd_pipeline.stages import compare
 from icd_pipeline.config import format_resolved, resolve_layers
 from icd_pipeline.misc.progress import LineProgress, progress
 
@@ -97,11 +97,12 @@ def test_progress_on_a_terminal_is_a_plain_bar():
     assert list(bar) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("module", ["superpixels", "extract_maps", "train_icd", "train_deeplab", "infer_deeplab",
-                                    "make_pseudo_masks", "eval_pseudo_masks", "evaluate", "data/synthetic",
-                                    "data/prepare", "data/download"])
+@pytest.mark.parametrize("module", ["stages/superpixels", "stages/feature_cache", "stages/extract_maps",
+                                    "stages/train_icd", "stages/train_deeplab", "stages/infer_deeplab",
+                                    "stages/make_pseudo_masks", "stages/eval_pseudo_masks", "evaluate",
+                                    "data/synthetic", "data/prepare", "data/download"])
 def test_stages_use_the_progress_helper(module):
     from pathlib import Path
 
-    src = (Path(compare.__file__).parent / f"{module}.py").read_text()
+    src = (Path(compare.__file__).parents[1] / f"{module}.py").read_text()
     assert "progress as progress_bar" in src and "tqdm(" not in src

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icd_pipeline import export
+from icd_pipeline.stages import export
 from icd_pipeline.data.voc import palette_array
 from icd_pipeline.models.deeplab import build_deeplab, load_deeplab, save_deeplab
 

@@ -13,12 +13,14 @@ import torch
 from test_train_icd import icd_config, make_voc
 
 from icd_pipeline import feature_cache as FC
-from icd_pipeline import extract_maps, train_icd
+from icd_pipeline.stages import feature_cache as feature_cache_stage
+from icd_pipeline.stages import extract_maps, train_icd
 from icd_pipeline.config import ConfigError, validate
 from icd_pipeline.data.voc import VOCLayout, read_image
 from icd_pipeline.maps_io import MapsReader
 from icd_pipeline.models.icd import build_icd_model
-from icd_pipeline.train_icd import GridSuperpixels, train_step
+from icd_pipeline.stages.train_icd import train_step
+from icd_pipeline.superpixels import GridSuperpixels
 
 FROZEN = dict(frozen_stages=4, freeze_bn=True, feature_cache=True, scales=[1.0, 1.5], epochs=2)
 
@@ -32,7 +34,7 @@ def voc(tmp_path_factory):
 def cache_file(voc, tmp_path_factory):
     cfg = validate(icd_config(**FROZEN))
     out = tmp_path_factory.mktemp("cache") / "train.h5"
-    FC.build(cfg, voc, "train", out, progress=False)
+    feature_cache_stage.build(cfg, voc, "train", out, progress=False)
     return cfg, out
 
 
@@ -143,7 +145,7 @@ def test_cache_refused_for_a_training_backbone_or_other_settings(voc, cache_file
     cfg, path = cache_file
     trainable = validate(icd_config(**dict(FROZEN, frozen_stages=2)))
     with pytest.raises(ConfigError, match="frozen_stages"):
-        FC.build(trainable, voc, "train", tmp_path / "x.h5", progress=False)
+        feature_cache_stage.build(trainable, voc, "train", tmp_path / "x.h5", progress=False)
     assert not (tmp_path / "x.h5").exists()
     other = copy.deepcopy(cfg)
     other["icd"]["scales"] = [1.0]
@@ -156,7 +158,7 @@ def test_cache_refused_for_a_training_backbone_or_other_settings(voc, cache_file
 
 
 def test_deeplab_head_trains_from_the_cache(voc, cache_file, tmp_path):
-    from icd_pipeline import train_deeplab
+    from icd_pipeline.stages import train_deeplab
 
     cfg, path = cache_file
     deeplab = {"backbone": "tiny", "pretrained": False, "output_stride": 8, "input_scale": 1.0, "crop_size": 64,

@@ -14,7 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from icd_pipeline import METHOD_VERSION, extract_maps, pictures
+from icd_pipeline import METHOD_VERSION
+from icd_pipeline.stages import pseudo_mask_pictures as pictures
+from icd_pipeline.stages import extract_maps
 from icd_pipeline.data.voc import PAD_RGB, VOCLayout, read_image, write_palette_png
 from icd_pipeline.maps_io import FORMAT, MapsError, MapsReader, MapsWriter, dequantize_int8, quantize_int8
 from icd_pipeline.misc.io import sha256_file
@@ -391,7 +393,7 @@ def test_pseudo_mask_grid_writes_png(voc, fake_model, tmp_path):
             m[-2:] = 255
             write_palette_png(masks / sub / f"{image_id}.png", m)
     out = tmp_path / "fig" / "grid.png"
-    rc = pictures.main(["pseudo-masks", "--data-root", str(voc), "--split", "train", "--maps", str(maps),
+    rc = pictures.main(["--data-root", str(voc), "--split", "train", "--maps", str(maps),
                         "--masks-dir", str(masks), "--out", str(out), "--num", "4"])
     assert rc == 0 and out.is_file()
     with Image.open(out) as im:

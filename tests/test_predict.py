@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from icd_pipeline import infer_deeplab, predict
+from icd_pipeline import inference
+from icd_pipeline.stages import infer_deeplab, predict
 from icd_pipeline.config import validate
 from icd_pipeline.data import synthetic
 from icd_pipeline.data.voc import VOCLayout, palette_array, read_mask
@@ -258,10 +259,10 @@ def test_large_image_is_downscaled_and_mask_upsampled(model_path, tmp_path):
     mask = read_mask(tmp_path / "out" / "masks" / "big.png")
     assert mask.shape == (4000, 6000)
     # the mask is the network's 96x64 answer upsampled (nearest): constant blocks of ~62 px
-    model, meta = infer_deeplab.load_for_inference(model_path, torch.device("cpu"))
-    settings = infer_deeplab.TestSettings.from_config(_config(), meta)
+    model, meta = inference.load_for_inference(model_path, torch.device("cpu"))
+    settings = inference.TestSettings.from_config(_config(), meta)
     image = predict.resize_rgb(predict.load_image(images / "big.bmp"), (96, 64))
-    expected = predict.resize_labels(infer_deeplab.segment(model, [image], settings, torch.device("cpu"))[0],
+    expected = predict.resize_labels(inference.segment(model, [image], settings, torch.device("cpu"))[0],
                                      (6000, 4000))
     np.testing.assert_array_equal(mask, expected)
 

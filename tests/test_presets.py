@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icd_pipeline.config import (SCHEMA_ORIGIN, ConfigError, format_resolved, load_config, main,
-                                 resolve_layers, resolve_workflow_config, validate)
+from icd_pipeline.cli import config_command
+from icd_pipeline.config import (SCHEMA_ORIGIN, ConfigError, format_resolved, load_config, resolve_layers,
+                                 resolve_workflow_config, validate)
 from icd_pipeline.losses import HEAD_LR_MULT_MODULES, poly_lr, warmup_iterations
 from icd_pipeline.models.deeplab import default_head_channels as deeplab_head_channels
 from icd_pipeline.models.deeplab import default_rates
@@ -144,7 +145,7 @@ def test_bad_base_is_named(tmp_path):
 
 def test_show_prints_every_leaf_with_its_origin_and_reads_back(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # a file's origin is its path from the current folder
-    assert main(["show", "--configfile", str(PRESETS / "voc2012.yaml"), "--config", "icd={epochs: 3}",
+    assert config_command(["show", "--configfile", str(PRESETS / "voc2012.yaml"), "--config", "icd={epochs: 3}",
                  "experiment=short"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"^  bn_shift_trainable: true +# schema default \(paper\)$", text, re.M)
@@ -176,12 +177,12 @@ def test_show_changed_lists_exactly_the_departures():
 
 def test_show_command_line_matches_snakemake_parsing(capsys):
     """The entry point as a user runs it; 1e-5 (YAML 1.1 reads it as a string) becomes a number."""
-    proc = subprocess.run([sys.executable, "-m", "icd_pipeline.config", "show", "--changed", "--config",
+    proc = subprocess.run([sys.executable, "-m", "icd_pipeline", "config", "show", "--changed", "--config",
                            "seeds={icd_bg_threshold: 1e-5}", "seed=2"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
     assert shown["seed"] == 2 and "seeds" not in shown  # 1e-5 is the paper's value again
-    assert main(["show", "--config", "icd={epochs: ten}"]) == 2
+    assert config_command(["show", "--config", "icd={epochs: ten}"]) == 2
     assert "icd.epochs" in capsys.readouterr().err
 
 

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from icd_pipeline import report
+from icd_pipeline.stages import summarize
+from icd_pipeline.summary import per_class_table
 
 
 def _inputs(tmp_path):
@@ -29,7 +30,7 @@ def _inputs(tmp_path):
 
 def test_summary_has_classifier_map_and_per_class_table(tmp_path):
     _inputs(tmp_path)
-    rc = report.main(["--dataset", "d", "--pseudo-table", str(tmp_path / "table.csv"),
+    rc = summarize.main(["--dataset", "d", "--pseudo-table", str(tmp_path / "table.csv"),
                       "--deeplab-pseudo", str(tmp_path / "pseudo.json"), "--deeplab-full", str(tmp_path / "full.json"),
                       "--benchmarks", str(tmp_path / "bench"), "--classifier", str(tmp_path / "classifier.json"),
                       "--pseudo-per-class", str(tmp_path / "per_class.csv"),
@@ -42,7 +43,7 @@ def test_summary_has_classifier_map_and_per_class_table(tmp_path):
     assert summary["fraction of full supervision"] == np.float64(0.35 / 0.6).round(6)
     md = (tmp_path / "s.md").read_text()
     assert "mAP **0.8750**" in md and "## IoU per class" in md
-    table = report.per_class_table(pd.read_csv(tmp_path / "per_class.csv"),
+    table = per_class_table(pd.read_csv(tmp_path / "per_class.csv"),
                                    {"full": pd.read_csv(tmp_path / "full_pc.csv")})
     assert list(table.columns) == ["class", "CAM (train)", "ICD+CRF (train)", "DeepLab full (val)"]
     cat = table.set_index("class").loc["cat"]

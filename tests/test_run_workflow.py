@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from icd_pipeline.run_workflow import check_configfiles, configfiles
+from icd_pipeline.cli import check_configfiles, configfiles
 
 from smk import ENV, ROOT, TINY, jobs_in_dry_run, snakemake_cmd
 
@@ -17,7 +17,7 @@ BROKEN_YAML = "icd:\n  lr: 0.1\n  scales: [1, 2\nmaps: {}\n"
 
 
 def wrapper_cmd(workdir, *args) -> list[str]:
-    return [sys.executable, "-m", "icd_pipeline.run_workflow", *snakemake_cmd(workdir, *args)[3:]]
+    return [sys.executable, "-m", "icd_pipeline", "run", *snakemake_cmd(workdir, *args)[3:]]
 
 
 def run(cmd, cwd) -> subprocess.CompletedProcess:

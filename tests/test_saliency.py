@@ -6,7 +6,7 @@ from PIL import Image
 
 from icd_pipeline.data.synthetic import generate, render_saliency, resolve_params
 from icd_pipeline.data.voc import DataError
-from icd_pipeline.make_pseudo_masks import check_saliency, methods_for, pseudo_masks_for_image, read_saliency
+from icd_pipeline.stages.make_pseudo_masks import check_saliency, methods_for, pseudo_masks_for_image, read_saliency
 from icd_pipeline.seeds import VOID, icd_seed, saliency_seed
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from icd_pipeline import make_pseudo_masks as mpm
+from icd_pipeline.stages import make_pseudo_masks as mpm
 from icd_pipeline.crf import crf_from_labels, dense_crf, labels_to_probs
 from icd_pipeline.data.voc import read_mask
 from icd_pipeline.seeds import cam_seed, icd_seed, saliency_seed, upsample_maps

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from icd_pipeline import superpixels as sp
+from icd_pipeline.stages import superpixels as sp
 from icd_pipeline.superpixels import (
     SuperpixelStore, felzenszwalb_segments, greedy_merge, merge_superpixels, segment_features,
 )

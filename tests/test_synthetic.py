@@ -8,8 +8,9 @@ from PIL import Image
 
 from icd_pipeline.config import ConfigError
 from icd_pipeline.data import synthetic
+from icd_pipeline.stages.make_embedded_dataset import main
 from icd_pipeline.data.synthetic import (
-    badge_specs, class_names, generate, main, object_size_px, render_image, resolve_params,
+    badge_specs, class_names, generate, object_size_px, render_image, resolve_params,
 )
 from icd_pipeline.data.voc import VOID, VOCLayout, labels_from_mask, read_mask
 

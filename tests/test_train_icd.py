@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icd_pipeline import train_icd
+from icd_pipeline.stages import train_icd
 from icd_pipeline.data.voc import write_palette_png
 from icd_pipeline.models.icd import load_icd_model
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from smk import BIN, ROOT, TINY, job_events, jobs_in_dry_run, nothing_to_do, run_snakemake
 
-from icd_pipeline.report import MASK_NAMES
+from icd_pipeline.summary import MASK_NAMES
 
 
 def test_dry_run_default_config(tmp_path):

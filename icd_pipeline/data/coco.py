@@ -43,7 +43,7 @@ is 332 MB on disk and a few GB as Python objects), once per split. Past that, im
 converted one by one (by workers in bounded chunks) and the label rows are streamed to the
 CSV, so memory does not grow with the number of images beyond the JSON and the id lists.
 
-Entry point: ``python -m icd_pipeline.data.prepare coco --config-json JSON --downloads DIR
+Entry point: ``python -m icd_pipeline.stages.prepare_coco --config-json JSON --downloads DIR
 --out results/coco2014/data [--workers N]``.
 """
 
@@ -420,7 +420,7 @@ def extracted_coco_roots(downloads: Path) -> tuple[dict[str, Path], Path]:
     ``downloads/extracted.json``."""
     record_path = downloads / "extracted.json"
     if not record_path.is_file():
-        raise DataError(f"{record_path}: missing; run `python -m icd_pipeline.data.download` first")
+        raise DataError(f"{record_path}: missing; run `python -m icd_pipeline.stages.download` first")
     try:
         record = json.loads(record_path.read_text())
         images = {"train2014": downloads / record["coco_train2014"]["root"],

@@ -16,7 +16,7 @@ a refused archive leaves nothing behind.
 
 Entry point (the ``download_voc`` / ``download_coco`` rules)::
 
-    python -m icd_pipeline.data.download --config-json JSON --out-dir results/voc2012/downloads
+    python -m icd_pipeline.stages.download --config-json JSON --out-dir results/voc2012/downloads
 
 downloads and extracts the archives of ``dataset.source`` (``ARCHIVE_SETS``): for
 ``voc2012``, ``dataset.download.voc`` into ``OUT/voc/`` and ``dataset.download.sbd`` into
@@ -28,7 +28,6 @@ relative to OUT). A rerun skips an archive whose extraction is already there for
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -49,7 +48,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from icd_pipeline.config import ConfigError, add_config_args, config_from_args
+from icd_pipeline.config import ConfigError
 from icd_pipeline.data.voc import DataError
 from icd_pipeline.misc.io import atomic_dir, atomic_path
 from icd_pipeline.misc.progress import progress as progress_bar
@@ -436,29 +435,3 @@ def fetch_datasets(dl_cfg: dict, out_dir: str | Path, progress: bool = True,
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.data.download", description=__doc__.split("\n")[0])
-    add_config_args(parser)
-    parser.add_argument("--out-dir", required=True, type=Path,
-                        help="folder for the archives, their extractions and extracted.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        ds = config["dataset"]
-        record = fetch_datasets(ds["download"], args.out_dir, progress=not args.no_progress,
-                                source=ds["source"])
-    except (DataError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for key, rec in record.items():
-        log.info("%s: %s", key, args.out_dir / rec["root"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,24 +14,11 @@ VOC-layout folder.
 with ``train_aug = (SBD train ∪ SBD val ∪ VOC train) − VOC val`` (10,582 ids for the real
 data). Only ids on one of the three lists are copied.
 
-Entry points::
-
-    python -m icd_pipeline.data.prepare voc --config-json JSON --downloads DIR --out results/voc2012/data
-    python -m icd_pipeline.data.prepare coco --config-json JSON --downloads DIR --out results/coco2014/data [--workers N]
-    python -m icd_pipeline.data.prepare folder --config-json JSON --out-manifest results/<name>/data/manifest.json
-
-``voc`` reads ``DIR/extracted.json`` (written by icd_pipeline.data.download) for the
-extracted roots, and checks the split sizes against ``dataset.expected_counts`` (null: the
-real VOC 2012 counts; ``{}``: no check). ``coco`` does the same for the extracted COCO
-2014 zips, with ``dataset.coco`` (subsets) and the real COCO 2014 counts. ``folder``
-validates ``dataset.root`` for ``dataset.train_split`` and ``dataset.eval_split`` (every
-listed image present, masks the image's size, image-level labels derivable) and writes its
-manifest.
+Run by the stages ``prepare_voc``, ``prepare_coco`` and ``validate_dataset``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -40,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.data.voc import (
     VOC_CLASSES,
     VOID,
@@ -51,7 +37,7 @@ from icd_pipeline.data.voc import (
     read_split,
     write_palette_png,
 )
-from icd_pipeline.misc.io import atomic_dir, atomic_path
+from icd_pipeline.misc.io import atomic_dir
 from icd_pipeline.misc.progress import progress as progress_bar
 from icd_pipeline.misc.runtime import get_logger
 
@@ -199,84 +185,3 @@ def validate_folder(root: str | Path, splits: list[str], progress: bool = True) 
         "splits": counts,
     }
 
-
-def _extracted_roots(downloads: Path) -> tuple[Path, Path]:
-    record_path = downloads / "extracted.json"
-    if record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-            return downloads / record["voc"]["root"], downloads / record["sbd"]["root"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{record_path}: expected voc.root and sbd.root ({exc})") from exc
-    voc, sbd = downloads / "voc" / "VOCdevkit" / "VOC2012", downloads / "sbd" / "benchmark_RELEASE" / "dataset"
-    if voc.is_dir() and sbd.is_dir():
-        return voc, sbd
-    raise DataError(f"{record_path}: missing; run `python -m icd_pipeline.data.download` first")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.data.prepare",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_voc = sub.add_parser("voc", help="VOC 2012 + SBD extractions -> VOC-layout folder with train_aug")
-    add_config_args(p_voc)
-    p_voc.add_argument("--downloads", type=Path, default=None,
-                       help="the download stage's --out-dir (holds extracted.json)")
-    p_voc.add_argument("--voc-root", type=Path, default=None, help="override: extracted VOCdevkit/VOC2012")
-    p_voc.add_argument("--sbd-root", type=Path, default=None, help="override: extracted benchmark_RELEASE/dataset")
-    p_voc.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
-    p_voc.add_argument("--no-progress", action="store_true")
-    p_coco = sub.add_parser("coco", help="COCO 2014 extractions -> VOC-layout folder with 81-label masks")
-    add_config_args(p_coco)
-    p_coco.add_argument("--downloads", type=Path, required=True,
-                        help="the download stage's --out-dir (holds extracted.json)")
-    p_coco.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
-    p_coco.add_argument("--workers", type=int, default=1, help="conversion processes")
-    p_coco.add_argument("--no-progress", action="store_true")
-    p_folder = sub.add_parser("folder", help="validate dataset.root (VOC layout) and write a manifest")
-    add_config_args(p_folder)
-    p_folder.add_argument("--out-manifest", type=Path, required=True)
-    p_folder.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        ds = config["dataset"]
-        progress = not args.no_progress
-        if args.command == "voc":
-            voc_root, sbd_root = args.voc_root, args.sbd_root
-            if voc_root is None or sbd_root is None:
-                if args.downloads is None:
-                    raise ConfigError("give --downloads, or both --voc-root and --sbd-root")
-                found_voc, found_sbd = _extracted_roots(args.downloads)
-                voc_root, sbd_root = voc_root or found_voc, sbd_root or found_sbd
-            expected = ds.get("expected_counts")
-            if expected is None:
-                expected = VOC2012_COUNTS
-            manifest = prepare_voc(voc_root, sbd_root, args.out, expected_counts=expected, progress=progress)
-        elif args.command == "coco":
-            from icd_pipeline.data import coco  # imports this module: not at the top
-
-            images, annotations = coco.extracted_coco_roots(args.downloads)
-            expected = ds.get("expected_counts")
-            if expected is None:
-                expected = coco.COCO2014_COUNTS
-            sub_cfg = ds["coco"]
-            manifest = coco.prepare_coco(images, annotations, args.out, train_size=sub_cfg["train_size"],
-                                         eval_size=sub_cfg["eval_size"], subset_seed=sub_cfg["subset_seed"],
-                                         expected_counts=expected, workers=max(1, args.workers),
-                                         progress=progress)
-        else:
-            if not ds.get("root"):
-                raise ConfigError("dataset.root must name the dataset folder when dataset.source is 'folder'")
-            manifest = validate_folder(ds["root"], [ds["train_split"], ds["eval_split"]], progress=progress)
-            with atomic_path(args.out_manifest) as tmp:
-                tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("manifest: %s", json.dumps(manifest["splits"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

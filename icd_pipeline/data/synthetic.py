@@ -59,13 +59,12 @@ split leaves the existing ones unchanged.
 
 Entry point::
 
-    python -m icd_pipeline.data.synthetic --config config.yaml --out results/embedded/data
-    python -m icd_pipeline.data.synthetic --config-json '{"seed":0,"dataset":{...}}' --out DIR
+    python -m icd_pipeline.stages.make_embedded_dataset --config config.yaml --out results/embedded/data
+    python -m icd_pipeline.stages.make_embedded_dataset --config-json '{"seed":0,"dataset":{...}}' --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -77,8 +76,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from icd_pipeline.config import ConfigError, add_config_args, config_from_args, validate
-from icd_pipeline.data.voc import VOID, DataError, write_palette_png
+from icd_pipeline.config import validate
+from icd_pipeline.data.voc import VOID, write_palette_png
 from icd_pipeline.misc.io import atomic_dir
 from icd_pipeline.misc.progress import progress as progress_bar
 from icd_pipeline.misc.runtime import get_logger
@@ -525,27 +524,3 @@ def generate(out_dir: str | Path, params: dict, seed: int, progress: bool = True
              params["num_classes"])
     return manifest
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.data.synthetic",
-                                     description="Generate the embedded dataset (VOC layout).")
-    add_config_args(parser)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        if config["dataset"]["source"] != "synthetic":
-            log.warning("dataset.source is %r; generating the embedded dataset anyway",
-                        config["dataset"]["source"])
-        manifest = generate(args.out, config["dataset"]["synthetic"], config["seed"],
-                            progress=not args.no_progress)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("manifest: %s", json.dumps(manifest["splits"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

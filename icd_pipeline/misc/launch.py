@@ -1,6 +1,6 @@
 """Run a training entry point as one process, or as N under torchrun (DistributedDataParallel).
 
-    python -m icd_pipeline.misc.launch --nproc N icd_pipeline.train_icd [ARGS ...]
+    python -m icd_pipeline.misc.launch --nproc N icd_pipeline.stages.train_icd [ARGS ...]
 
 N <= 1 runs the module in this process. N > 1 replaces this process with
 ``python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS``: one process
@@ -16,7 +16,7 @@ import os
 import runpy
 import sys
 
-MODULES = ("icd_pipeline.train_icd", "icd_pipeline.train_deeplab")
+MODULES = ("icd_pipeline.stages.train_icd", "icd_pipeline.stages.train_deeplab")
 
 
 def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:

@@ -23,9 +23,9 @@ if SOURCE == "synthetic":
         params:
             out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("seed", "dataset"),
-            code=code_hash("data/synthetic.py"),
+            code=code_hash("stages/make_embedded_dataset.py", "data/synthetic.py"),
         shell:
-            "python -m icd_pipeline.data.synthetic --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.make_embedded_dataset --config-json {params.cfg:q}"
             " --out {params.out} > {log} 2>&1"
 
 elif SOURCE == "voc2012":
@@ -49,9 +49,9 @@ elif SOURCE == "voc2012":
         params:
             out=lambda w, output: os.path.dirname(output.done),
             cfg=stage_config("dataset"),
-            code=code_hash("data/download.py"),
+            code=code_hash("stages/download.py", "data/download.py"),
         shell:
-            "python -m icd_pipeline.data.download --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.download --config-json {params.cfg:q}"
             " --out-dir {params.out} > {log} 2>&1"
 
     rule prepare_voc:
@@ -73,9 +73,9 @@ elif SOURCE == "voc2012":
             downloads=lambda w, input: os.path.dirname(input.done),
             out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("dataset"),
-            code=code_hash("data/prepare.py"),
+            code=code_hash("stages/prepare_voc.py", "data/prepare.py"),
         shell:
-            "python -m icd_pipeline.data.prepare voc --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.prepare_voc --config-json {params.cfg:q}"
             " --downloads {params.downloads} --out {params.out} > {log} 2>&1"
 
 elif SOURCE == "coco2014":
@@ -99,9 +99,9 @@ elif SOURCE == "coco2014":
         params:
             out=lambda w, output: os.path.dirname(output.done),
             cfg=stage_config("dataset"),
-            code=code_hash("data/download.py"),
+            code=code_hash("stages/download.py", "data/download.py"),
         shell:
-            "python -m icd_pipeline.data.download --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.download --config-json {params.cfg:q}"
             " --out-dir {params.out} > {log} 2>&1"
 
     # the whole instances JSON is loaded (a few GB for train2014); images then stream
@@ -124,9 +124,9 @@ elif SOURCE == "coco2014":
             downloads=lambda w, input: os.path.dirname(input.done),
             out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("dataset"),
-            code=code_hash("data/prepare.py", "data/coco.py"),
+            code=code_hash("stages/prepare_coco.py", "data/prepare.py", "data/coco.py"),
         shell:
-            "python -m icd_pipeline.data.prepare coco --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.prepare_coco --config-json {params.cfg:q}"
             " --downloads {params.downloads} --out {params.out} --workers {threads}"
             " > {log} 2>&1"
 
@@ -147,9 +147,9 @@ else:
             runtime=30,
         params:
             cfg=stage_config("dataset"),
-            code=code_hash("data/prepare.py"),
+            code=code_hash("stages/validate_dataset.py", "data/prepare.py"),
         shell:
-            "python -m icd_pipeline.data.prepare folder --config-json {params.cfg:q}"
+            "python -m icd_pipeline.stages.validate_dataset --config-json {params.cfg:q}"
             " --out-manifest {output.manifest} > {log} 2>&1"
 
 

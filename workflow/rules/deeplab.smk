@@ -37,12 +37,14 @@ rule train_deeplab:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
         cfg=stage_config("seed", "device", "deeplab"),
-        code=code_hash("train_deeplab.py", "models", "viz.py", "feature_cache.py"),
+        code=code_hash(
+            "stages/train_deeplab.py", "models", "viz.py", "feature_cache.py"
+        ),
         root=lambda w: data_root(),
         mask_dir=mask_dir_arg,
         cache=cache_arg,
     shell:
-        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_deeplab --config-json {params.cfg:q}"
+        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.stages.train_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} {params.mask_dir}{params.cache}"
         " --out-dir {params.out} > {log} 2>&1"
 
@@ -68,10 +70,16 @@ rule infer_deeplab:
     params:
         split=EVAL_SPLIT,
         cfg=stage_config("device", "deeplab", "pseudo_masks"),
-        code=code_hash("infer_deeplab.py", "evaluate.py", "crf.py", "models"),
+        code=code_hash(
+            "stages/infer_deeplab.py",
+            "inference.py",
+            "evaluate.py",
+            "crf.py",
+            "models",
+        ),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.infer_deeplab --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.infer_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} --checkpoint {input.model}"
         " --pred-dir {output.predictions} --out-csv {output.per_class}"
         " --out-json {output.summary} > {log} 2>&1"
@@ -106,10 +114,10 @@ rule deeplab_pictures:
         runtime=30,
     params:
         split=EVAL_SPLIT,
-        code=code_hash("deeplab_pictures.py"),
+        code=code_hash("stages/deeplab_pictures.py", "viz.py"),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.deeplab_pictures --data-root {params.root} --split {params.split}"
+        "python -m icd_pipeline.stages.deeplab_pictures --data-root {params.root} --split {params.split}"
         " --pred-pseudo {input.pseudo} --pred-full {input.full}"
         " --per-class-pseudo {input.per_class_pseudo} --per-class-full {input.per_class_full}"
         " --out-grid {output.grid} --out-bars {output.bars} > {log} 2>&1"

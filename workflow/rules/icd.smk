@@ -24,10 +24,10 @@ rule superpixels:
         runtime=120,
     params:
         cfg=stage_config("superpixels", "device"),
-        code=code_hash("superpixels.py", "models/backbones.py"),
+        code=code_hash("stages/superpixels.py", "superpixels.py", "models/backbones.py"),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.superpixels --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.superpixels --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
 
 
@@ -50,10 +50,10 @@ rule feature_cache:
         gpu=1,
     params:
         cfg=feature_cache_config(),
-        code=code_hash("feature_cache.py", "models"),
+        code=code_hash("stages/feature_cache.py", "feature_cache.py", "models"),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.feature_cache --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.feature_cache --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split} --out {output.h5} > {log} 2>&1"
 
 
@@ -92,16 +92,17 @@ rule train_icd:
         cache=cache_arg,
         cfg=stage_config("seed", "device", "icd"),
         code=code_hash(
-            "train_icd.py",
+            "stages/train_icd.py",
             "models",
             "losses.py",
+            "evaluate.py",
             "viz.py",
             "superpixels.py",
             "feature_cache.py",
         ),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.train_icd --config-json {params.cfg:q}"
+        "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.stages.train_icd --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} --eval-split {params.eval_split}"
         " --superpixels {input.superpixels}{params.cache} --out-dir {params.out} > {log} 2>&1"
 
@@ -125,11 +126,13 @@ rule extract_maps:
         gpu=1,
     params:
         cfg=stage_config("device", "maps"),
-        code=code_hash("extract_maps.py", "maps_io.py", "models", "feature_cache.py"),
+        code=code_hash(
+            "stages/extract_maps.py", "maps_io.py", "models", "feature_cache.py"
+        ),
         root=lambda w: data_root(),
         cache=cache_arg,
     shell:
-        "python -m icd_pipeline.extract_maps --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.extract_maps --config-json {params.cfg:q}"
         " --data-root {params.root} --split {wildcards.split}"
         " --checkpoint {input.model}{params.cache} --out {output.h5} > {log} 2>&1"
 

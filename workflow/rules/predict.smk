@@ -27,9 +27,9 @@ rule predict_images:
     params:
         out=lambda w, output: os.path.dirname(output.summary),
         cfg=stage_config("device", "deeplab", "pseudo_masks", "predict"),
-        code=code_hash("predict.py", "infer_deeplab.py", "crf.py", "models"),
+        code=code_hash("stages/predict.py", "inference.py", "crf.py", "models"),
     shell:
-        "python -m icd_pipeline.predict --config-json {params.cfg:q} --model {input.model}"
+        "python -m icd_pipeline.stages.predict --config-json {params.cfg:q} --model {input.model}"
         " --images {input.images:q} --out {params.out} > {log} 2>&1"
 
 

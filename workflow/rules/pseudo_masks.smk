@@ -21,10 +21,12 @@ rule make_pseudo_masks:
     params:
         split=TRAIN_SPLIT,
         cfg=stage_config("pseudo_masks", "seeds"),
-        code=code_hash("make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"),
+        code=code_hash(
+            "stages/make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"
+        ),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.make_pseudo_masks --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.make_pseudo_masks --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split}"
         " --maps {input.maps} --out-dir {output.masks} > {log} 2>&1"
 
@@ -51,10 +53,10 @@ rule eval_pseudo_masks:
         runtime=30,
     params:
         split=TRAIN_SPLIT,
-        code=code_hash("eval_pseudo_masks.py", "evaluate.py"),
+        code=code_hash("stages/eval_pseudo_masks.py", "evaluate.py"),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.eval_pseudo_masks --data-root {params.root} --split {params.split}"
+        "python -m icd_pipeline.stages.eval_pseudo_masks --data-root {params.root} --split {params.split}"
         " --masks-dir {input.masks} --out-table {output.table}"
         " --out-per-class {output.per_class} > {log} 2>&1"
 
@@ -81,10 +83,10 @@ rule pseudo_mask_pictures:
         runtime=30,
     params:
         split=TRAIN_SPLIT,
-        code=code_hash("pictures.py", "maps_io.py"),
+        code=code_hash("stages/pseudo_mask_pictures.py", "maps_io.py", "viz.py"),
         root=lambda w: data_root(),
     shell:
-        "python -m icd_pipeline.pictures pseudo-masks --data-root {params.root} --split {params.split}"
+        "python -m icd_pipeline.stages.pseudo_mask_pictures --data-root {params.root} --split {params.split}"
         " --maps {input.maps} --masks-dir {input.masks} --out {output.grid} > {log} 2>&1"
 
 

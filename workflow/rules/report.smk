@@ -32,11 +32,11 @@ rule summarize:
         runtime=10,
     params:
         dataset=f"{DATASET}/{EXPERIMENT}",
-        code=code_hash("report.py"),
+        code=code_hash("stages/summarize.py", "summary.py"),
         bench=[DATA_BENCH, BENCH],
         masks=pseudo_mask_folder(),
     shell:
-        "python -m icd_pipeline.report --dataset {params.dataset} --deeplab-masks {params.masks}"
+        "python -m icd_pipeline.stages.summarize --dataset {params.dataset} --deeplab-masks {params.masks}"
         " --pseudo-table {input.table} --deeplab-pseudo {input.deeplab_pseudo}"
         " --deeplab-full {input.deeplab_full} --benchmarks {params.bench}"
         " --classifier {input.classifier} --pseudo-per-class {input.pseudo_per_class}"
@@ -74,9 +74,9 @@ rule resolved_config:
     params:
         cfg=json.dumps(config, separators=(",", ":")),
         origins=json.dumps(CONFIG_ORIGINS, sort_keys=True, separators=(",", ":")),
-        code=code_hash(),
+        code=code_hash("stages/resolved_config.py"),
     shell:
-        "python -m icd_pipeline.config write --config-json {params.cfg:q}"
+        "python -m icd_pipeline.stages.resolved_config --config-json {params.cfg:q}"
         " --origins-json {params.origins:q} --out {output} > {log} 2>&1"
 
 
@@ -101,6 +101,6 @@ rule compare:
     params:
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
         out=lambda w, output: os.path.dirname(output.csv),
-        code=code_hash("compare.py", "report.py"),
+        code=code_hash("stages/compare.py", "summary.py", "viz.py"),
     shell:
-        "python -m icd_pipeline.compare --results {params.results} --out-dir {params.out} > {log} 2>&1"
+        "python -m icd_pipeline.stages.compare --results {params.results} --out-dir {params.out} > {log} 2>&1"

@@ -1,6 +1,6 @@
 """Train the ICD model (CAM classifier + Intra-Class Discriminator), spec sections 2 and 4.
 
-    python -m icd_pipeline.train_icd --config-json JSON --data-root DIR --split train \
+    python -m icd_pipeline.stages.train_icd --config-json JSON --data-root DIR --split train \
         --superpixels results/<ds>/superpixels/train.h5 --out-dir results/<ds>/icd
 
 Reads the ``icd`` section (and ``seed``, ``device``). Writes ``model.pt`` (final model,
@@ -40,20 +40,35 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
-                       read_image)
-from .losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, cls_loss, param_groups,
-                     poly_lr, pos_neg_normalize, set_lr, sign_of, sp_refine, td_loss, td_targets, update_sign,
-                     warmup_iterations, warmup_weight)
-from .misc import distributed as D
-from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
-                            check_cache_argument)
-from .misc.io import atomic_path, write_csv_rows, write_json
-from .misc.runtime import get_logger, seed_everything, select_device, set_threads, whole_image_inference
-from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
-                              divergence_advice)
-from .models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
+from ..config import ConfigError, add_config_args, config_from_args
+from ..data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, multi_hot, read_image
+from ..evaluate import average_precision, class_average_precision
+from ..feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen, check_cache_argument
+from ..losses import (
+    bottom_up_region,
+    bu_loss,
+    bu_loss_regions,
+    bu_negative_loss,
+    cls_loss,
+    param_groups,
+    poly_lr,
+    pos_neg_normalize,
+    set_lr,
+    sign_of,
+    sp_refine,
+    td_loss,
+    td_targets,
+    update_sign,
+    warmup_iterations,
+    warmup_weight,
+)
+from ..misc import distributed as D
+from ..misc.commands import command_name
+from ..misc.io import atomic_path, write_csv_rows, write_json
+from ..misc.runtime import get_logger, seed_everything, select_device, set_threads, whole_image_inference
+from ..misc.stability import ClipLog, NonFiniteLossError, backward_step, check_finite_losses, divergence_advice
+from ..models.icd import CheckpointError, ICDModel, build_icd_model, save_icd_checkpoint
+from ..superpixels import GridSuperpixels, open_superpixels
 
 LOG = get_logger("train_icd")
 METRIC_COLUMNS = ("epoch", "lr", "loss", "loss_cls", "loss_bu", "loss_td", "warmup", "train_map",
@@ -63,59 +78,12 @@ LOSS_TERMS = ("loss_cls", "loss_bu", "loss_td", "loss")  # checked every iterati
 PLOT_COLUMNS = ("loss_cls", "loss_bu", "loss_td", "train_map")
 
 
-class GridSuperpixels:
-    """Fallback superpixels for tests: square blocks of ``block`` pixels (picklable)."""
-
-    def __init__(self, layout: VOCLayout, block: int):
-        if block < 1:
-            raise ValueError(f"--grid-superpixels must be >= 1, got {block}")
-        self.layout = layout
-        self.block = block
-
-    def __call__(self, image_id: str) -> np.ndarray:
-        h, w = image_size(self.layout.image_path(image_id))
-        ys = np.arange(h)[:, None] // self.block
-        xs = np.arange(w)[None, :] // self.block
-        return (ys * ((w + self.block - 1) // self.block) + xs).astype(np.int32)
-
-
-def open_superpixels(path: str | Path):
-    try:
-        from .superpixels import SuperpixelStore
-    except ImportError as exc:  # pragma: no cover - the module is written by another stage
-        raise DataError(f"cannot read superpixels {path}: icd_pipeline.superpixels is unavailable ({exc})") from exc
-    if not Path(path).is_file():
-        raise DataError(f"{path}: superpixel file is missing (run the superpixels stage first)")
-    return SuperpixelStore(path)
-
-
-def class_average_precision(scores: np.ndarray, labels: np.ndarray) -> dict[int, float]:
-    """Per class with at least one positive (column index -> AP): non-interpolated AP, the
-    mean precision at the ranks of the positives."""
-    aps = {}
-    for c in range(labels.shape[1]):
-        y = labels[:, c]
-        if y.sum() == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = y[order]
-        prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps[c] = float((prec * hits).sum() / hits.sum())
-    return aps
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over classes with at least one positive of the (non-interpolated) AP."""
-    aps = class_average_precision(scores, labels)
-    return float(np.mean(list(aps.values()))) if aps else float("nan")
-
-
 @torch.no_grad()
 def evaluate_classifier(model: ICDModel, layout: VOCLayout, split: str, input_scale: float,
                         device: torch.device) -> dict:
     """Image-level mAP of the CAM classifier (GAP of the CAM logits) on ``split``: each image
     resized by ``input_scale``, single scale, no flip, the model in eval mode."""
-    from .feature_cache import variant_image
+    from ..feature_cache import variant_image
 
     ids = layout.ids(split)
     scores, labels = [], []
@@ -280,7 +248,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
              layout.num_fg, epochs, iters_per_epoch, bs, cfg["crop_size"], scales, warmup_iters, device,
              " (AMP)" if amp else "", f", {ctx.world_size} processes x {local_bs} images" if ctx.distributed else "",
              f", heads on cached frozen-backbone features {feature_cache}" if cache is not None else "")
-    from .misc.progress import progress as progress_bar
+    from ..misc.progress import progress as progress_bar
 
     for epoch in range(start_epoch, epochs):
         lr = poly_lr(cfg["lr"], epoch, epochs)
@@ -355,7 +323,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         return {"rows": rows, "iterations": it}
     _write_metrics(out_dir / "metrics.csv", rows)
     try:
-        from .viz import plot_loss_curves
+        from ..viz import plot_loss_curves
 
         plot_loss_curves(out_dir / "metrics.csv", out_dir / "loss_curve.png", PLOT_COLUMNS,
                          title=f"ICD training ({cfg['backbone']})")
@@ -375,7 +343,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.train_icd", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.train_icd"), description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
     parser.add_argument("--split", default="train", help="image list under ImageSets/Segmentation")

@@ -1,8 +1,8 @@
-"""Picture grids for the report.
+"""Stage ``pseudo_mask_pictures``: the picture grid of the pseudo-masks for the report.
 
 Entry point::
 
-    python -m icd_pipeline.pictures pseudo-masks --data-root DIR --split train \
+    python -m icd_pipeline.stages.pseudo_mask_pictures --data-root DIR --split train \
         --maps results/<ds>/maps/train.h5 --masks-dir results/<ds>/pseudo_masks/masks \
         --out results/<ds>/pseudo_masks/grid.png [--num 6]
 
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
-from .maps_io import MapsError, MapsReader
-from .misc.runtime import get_logger
-from .viz import pyplot, save_png
+from ..data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
+from ..maps_io import MapsError, MapsReader
+from ..misc.commands import command_name
+from ..misc.runtime import get_logger
+from ..viz import pyplot, save_png
 
 log = get_logger("pictures")
 
@@ -119,15 +120,13 @@ def pseudo_mask_grid(layout: VOCLayout, split: str, maps_path: str | Path, masks
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    pm = sub.add_parser("pseudo-masks", help="image / GT / CAM / ICD map / ICD seed / ICD+CRF grid")
-    pm.add_argument("--data-root", required=True)
-    pm.add_argument("--split", required=True)
-    pm.add_argument("--maps", required=True, help="maps HDF5 file (extract_maps)")
-    pm.add_argument("--masks-dir", required=True, help="folder with icd_seed/ and icd_crf/")
-    pm.add_argument("--out", required=True, help="output PNG")
-    pm.add_argument("--num", type=int, default=6, help="number of images (rows)")
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.pseudo_mask_pictures"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--maps", required=True, help="maps HDF5 file (extract_maps)")
+    parser.add_argument("--masks-dir", required=True, help="folder with icd_seed/ and icd_crf/")
+    parser.add_argument("--out", required=True, help="output PNG")
+    parser.add_argument("--num", type=int, default=6, help="number of images (rows)")
     args = parser.parse_args(argv)
     try:
         if args.num < 1:

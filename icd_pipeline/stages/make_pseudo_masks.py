@@ -27,7 +27,7 @@ processes, each opening the maps file itself; the outputs do not depend on the c
 
 Entry point::
 
-    python -m icd_pipeline.make_pseudo_masks --config-json JSON --data-root DIR --split train \
+    python -m icd_pipeline.stages.make_pseudo_masks --config-json JSON --data-root DIR --split train \
         --maps results/<ds>/maps/train.h5 --out-dir results/<ds>/pseudo_masks/masks [--workers N]
 """
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
+from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
 from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
 
@@ -209,9 +210,9 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
         workers: int = 1, progress: bool = True, reader_factory: Callable | None = None,
         seeds_cfg: dict | None = None) -> dict:
     """Write ``out_dir`` (PNG folders + manifest.json) atomically; return the manifest."""
-    from .misc.progress import progress as progress_bar
-
     from icd_pipeline.data.voc import VOCLayout
+
+    from ..misc.progress import progress as progress_bar
 
     if reader_factory is None:
         from icd_pipeline.maps_io import MapsReader
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from icd_pipeline.data.voc import DataError
     from icd_pipeline.misc.runtime import get_logger
 
-    parser = argparse.ArgumentParser(prog="python -m icd_pipeline.make_pseudo_masks",
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.make_pseudo_masks"),
                                      description=__doc__.split("\n")[0])
     add_config_args(parser)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")

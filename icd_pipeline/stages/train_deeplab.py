@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.train_deeplab --config-json JSON --data-root DIR --split train \
+    python -m icd_pipeline.stages.train_deeplab --config-json JSON --data-root DIR --split train \
         [--mask-dir results/<ds>/pseudo_masks/masks/icd_crf] --out-dir results/<ds>/deeplab/<target>
 
 ``--mask-dir`` names a folder of palette PNG masks ``<id>.png`` (the pseudo-masks); left out
@@ -57,16 +57,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
-from .feature_cache import CachedSegmentationDataset, CacheError, FeatureCache, check_cache_argument
-from .misc import distributed as D
-from .misc.io import atomic_path, write_csv_rows
-from .misc.progress import progress as progress_bar
-from .misc.runtime import get_logger, seed_everything, select_device, set_threads
-from .misc.stability import (ClipLog, NonFiniteLossError, backward_step, check_finite_losses,
-                              divergence_advice)
-from .models.deeplab import DeepLab, build_from_config, save_deeplab
+from ..config import ConfigError, add_config_args, config_from_args
+from ..data.voc import VOID, DataError, SegmentationDataset, TrainTransform, VOCLayout
+from ..feature_cache import CachedSegmentationDataset, CacheError, FeatureCache, check_cache_argument
+from ..misc import distributed as D
+from ..misc.commands import command_name
+from ..misc.io import atomic_path, write_csv_rows
+from ..misc.progress import progress as progress_bar
+from ..misc.runtime import get_logger, seed_everything, select_device, set_threads
+from ..misc.stability import ClipLog, NonFiniteLossError, backward_step, check_finite_losses, divergence_advice
+from ..models.deeplab import DeepLab, build_from_config, save_deeplab
 
 LOG = get_logger("train_deeplab")
 METRIC_COLUMNS = ("epoch", "lr", "loss", "pixel_acc", "images_per_s", "seconds", "clipped_steps", "grad_norm")
@@ -149,7 +149,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def plot_curve(csv_path: Path, png_path: Path, title: str) -> None:
-    from .viz import plot_loss_curves
+    from ..viz import plot_loss_curves
 
     plot_loss_curves(csv_path, png_path, ["loss", "pixel_acc", "lr"], title=title)
 
@@ -343,7 +343,7 @@ def train(config: dict, data_root: str | Path, split: str, mask_dir: str | Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.train_deeplab"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
     parser.add_argument("--split", required=True, help="training split list under ImageSets/Segmentation")

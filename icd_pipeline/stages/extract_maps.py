@@ -10,7 +10,7 @@ scale-1 grid and averaged.
 
 Entry point::
 
-    python -m icd_pipeline.extract_maps --config-json JSON --data-root DIR --split train \
+    python -m icd_pipeline.stages.extract_maps --config-json JSON --data-root DIR --split train \
         --checkpoint results/<ds>/icd/model.pt --out results/<ds>/maps/train.h5 \
         [--benchmark-forward [--benchmark-batches 20]]
 
@@ -33,13 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import METHOD_VERSION
-from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout, image_size
-from .maps_io import MapsWriter
-from .misc.io import sha256_file
-from .misc.progress import progress as progress_bar
-from .misc.runtime import get_logger, select_device, set_threads, whole_image_inference
+from .. import METHOD_VERSION
+from ..config import ConfigError, add_config_args, config_from_args
+from ..data.voc import PAD_RGB, ClassificationDataset, DataError, VOCLayout, image_size
+from ..maps_io import MapsWriter
+from ..misc.commands import command_name
+from ..misc.io import sha256_file
+from ..misc.progress import progress as progress_bar
+from ..misc.runtime import get_logger, select_device, set_threads, whole_image_inference
 
 log = get_logger("extract_maps")
 
@@ -282,7 +283,7 @@ def benchmark_forward(model, loader, flip: bool, device: torch.device, max_batch
 
 def load_model(path, device):
     """Indirection so that tests can substitute a small model."""
-    from .models.icd import load_icd_model
+    from ..models.icd import load_icd_model
 
     return load_icd_model(path, map_location=device)
 
@@ -323,7 +324,7 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
              stride, input_scale, scales, flip, maps_cfg["batch_size"])
     cache, variant_ids = None, None
     if feature_cache:
-        from .feature_cache import FeatureCache
+        from ..feature_cache import FeatureCache
 
         cache = FeatureCache(feature_cache, icd_cfg=icd_cfg)
         cache.check_backbone(model.backbone)
@@ -355,7 +356,7 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.extract_maps"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
     parser.add_argument("--split", required=True, help="split list name under ImageSets/Segmentation")

@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.eval_pseudo_masks --data-root DIR --split train \
+    python -m icd_pipeline.stages.eval_pseudo_masks --data-root DIR --split train \
         --masks-dir results/<ds>/pseudo_masks/masks \
         --out-table results/<ds>/pseudo_masks/table.csv \
         --out-per-class results/<ds>/pseudo_masks/per_class.csv
@@ -27,11 +27,12 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .data.voc import DataError, VOCLayout, read_mask
-from .evaluate import Evaluator, scores
-from .misc.io import atomic_path
-from .misc.progress import progress as progress_bar
-from .misc.runtime import get_logger
+from ..data.voc import DataError, VOCLayout, read_mask
+from ..evaluate import Evaluator, scores
+from ..misc.commands import command_name
+from ..misc.io import atomic_path
+from ..misc.progress import progress as progress_bar
+from ..misc.runtime import get_logger
 
 log = get_logger("eval_pseudo_masks")
 
@@ -87,7 +88,7 @@ def tables(evs: dict[str, tuple[Evaluator, Evaluator]], class_names: Sequence[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.eval_pseudo_masks"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
     parser.add_argument("--split", required=True, help="split list name under ImageSets/Segmentation")
     parser.add_argument("--masks-dir", required=True, help="folder with cam/ cam_crf/ icd_seed/ icd_crf/")

@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.deeplab_pictures --data-root DIR --split val \
+    python -m icd_pipeline.stages.deeplab_pictures --data-root DIR --split val \
         --pred-pseudo results/<ds>/deeplab/pseudo/predictions \
         --pred-full results/<ds>/deeplab/full/predictions \
         --per-class-pseudo .../pseudo/per_class.csv --per-class-full .../full/per_class.csv \
@@ -25,9 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
-from .misc.runtime import get_logger
-from .viz import pyplot, save_png
+from ..data.voc import DataError, VOCLayout, palette_array, read_image, read_mask
+from ..misc.commands import command_name
+from ..misc.runtime import get_logger
+from ..viz import pyplot, save_png
 
 LOG = get_logger("deeplab_pictures")
 COLUMNS = ("image", "ground truth", "DeepLab on pseudo-masks", "DeepLab on ground truth")
@@ -112,7 +113,7 @@ def iou_bars(per_class: dict[str, str | Path], out_png: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.deeplab_pictures"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--split", required=True)
     parser.add_argument("--pred-pseudo", required=True, help="predictions of the DeepLab trained on pseudo-masks")

@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.predict --model results/<ds>/deeplab/pseudo/model.pt \
+    python -m icd_pipeline.stages.predict --model results/<ds>/deeplab/pseudo/model.pt \
         --images DIR --out DIR [--config config.yaml] [--overwrite] [--strict]
 
 Every image under ``--images`` (recursively; ``.jpg .jpeg .png .bmp .webp``, any case; hidden
@@ -68,16 +68,16 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
-from .misc.progress import progress as progress_bar
 
-from .config import ConfigError, add_config_args, config_from_args
-from .data.voc import DataError, palette_array, voc_palette
-from .infer_deeplab import TestSettings, load_for_inference, segment
-from .misc.io import atomic_path, sha256_file, write_csv_rows
-from .misc.runtime import get_logger, select_device, set_threads
-from .models.deeplab import CheckpointError
+from ..config import ConfigError, add_config_args, config_from_args
+from ..data.voc import DataError, palette_array, voc_palette
+from ..inference import TestSettings, load_for_inference, segment
+from ..misc.commands import command_name
+from ..misc.io import atomic_path, sha256_file, write_csv_rows
+from ..misc.progress import progress as progress_bar
+from ..misc.runtime import get_logger, select_device, set_threads
+from ..models.deeplab import CheckpointError
 
 LOG = get_logger("predict")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -449,7 +449,7 @@ def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.predict"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--model", required=True, help="model.pt written by train_deeplab")
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")

@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.export --model results/<ds>/deeplab/pseudo/model.pt \
+    python -m icd_pipeline.stages.export --model results/<ds>/deeplab/pseudo/model.pt \
         --format onnx|torchscript --out FILE [--opset 17]
 
 The exported network takes ``images``: float32 (B, 3, H, W), RGB in [0, 1], any B, H, W,
@@ -40,10 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.voc import palette_array
-from .misc.io import atomic_path, sha256_file
-from .misc.runtime import get_logger
-from .models.deeplab import CheckpointError, DeepLab, load_deeplab
+from ..data.voc import palette_array
+from ..misc.commands import command_name
+from ..misc.io import atomic_path, sha256_file
+from ..misc.runtime import get_logger
+from ..models.deeplab import CheckpointError, DeepLab, load_deeplab
 
 LOG = get_logger("export")
 FORMATS = ("onnx", "torchscript")
@@ -174,7 +175,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, opset: int = 17) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.export"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model.pt written by train_deeplab")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="output file (.onnx / .pt); the sidecar is FILE.json")

@@ -2,10 +2,10 @@
 
 Entry point::
 
-    python -m icd_pipeline.compare --results results/<dataset> --out-dir results/<dataset>/compare
+    python -m icd_pipeline.stages.compare --results results/<dataset> --out-dir results/<dataset>/compare
 
 Every experiment folder ``results/<dataset>/<experiment>/`` holding ``resolved_config.yaml``
-(written by the workflow, ``icd_pipeline.config write``) and ``pseudo_masks/table.csv`` is a
+(written by the workflow, ``icd_pipeline.stages.resolved_config``) and ``pseudo_masks/table.csv`` is a
 row; its DeepLab val mIoU (``deeplab/{pseudo,full}/summary.json``) is blank while not yet
 trained. The config keys whose values differ between the experiments become columns, so the
 table says what each experiment changed. Writes ``compare.csv``, ``compare.md`` and
@@ -26,10 +26,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .config import BASE_KEY
-from .misc.io import atomic_path
-from .report import to_markdown
-from .viz import pyplot, save_png
+from ..config import BASE_KEY
+from ..misc.commands import command_name
+from ..misc.io import atomic_path
+from ..summary import to_markdown
+from ..viz import pyplot, save_png
 
 RESOLVED = "resolved_config.yaml"
 MISSING = "(unset)"
@@ -130,7 +131,7 @@ def bar_chart(df: pd.DataFrame, metrics: list[str], out: Path, title: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.compare"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="results/<dataset>: one folder per experiment")
     parser.add_argument("--out-dir", required=True, help="compare.csv, compare.md, compare.png go here")
     args = parser.parse_args(argv)
