@@ -29,7 +29,7 @@ test: setup
 
 lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
-	$(BIN)/snakefmt --check workflow Snakefile
+	$(BIN)/snakefmt --check workflow
 
 clean:
 	rm -rf results .snakemake

@@ -4,6 +4,7 @@
     icd-pipeline predict --model M --images DIR --out DIR  segment a folder of photographs
     icd-pipeline export --model M --format onnx --out F    a self-contained ONNX / TorchScript model
     icd-pipeline config show [--configfile F] [--changed]  the resolved configuration, with origins
+    icd-pipeline report --experiment results/<dataset>/<experiment>   its report.html and summary
     icd-pipeline compare --results results/<dataset> ...   every finished experiment side by side
     icd-pipeline score --data-root D --split S --pred-dir P ...  score any folder of masks
     icd-pipeline benchmark [ARGS ...]                      benchmarks/run_benchmark.py
@@ -30,6 +31,7 @@ CONFIGFILE_OPTIONS = ("--configfile", "--configfiles")
 STAGE_COMMANDS = {
     "predict": ("icd_pipeline.stages.predict", "segment a folder of images with a trained DeepLab"),
     "export": ("icd_pipeline.stages.export", "export a trained DeepLab as ONNX or TorchScript"),
+    "report": ("icd_pipeline.stages.summarize", "(re)build an experiment's report.html and summary"),
     "compare": ("icd_pipeline.stages.compare", "one table of every finished experiment of a dataset"),
     "score": ("icd_pipeline.stages.score", "score a folder of masks against a split's ground truth"),
 }

@@ -138,6 +138,17 @@ def write_results(ev: Evaluator, class_names: Sequence[str], out_csv: str | Path
 
 
 
+def write_unscored(class_names: Sequence[str], out_csv: str | Path, out_json: str | Path, extra: dict) -> dict:
+    """The files of ``write_results`` for predictions that cannot be scored (no ground truth):
+    every figure null, ``extra["reason"]`` saying why."""
+    summary = {"miou": None, "pixel_acc": None, "mean_acc": None, "images": 0, **extra}
+    with atomic_path(out_csv) as tmp:
+        pd.DataFrame({"class": list(class_names), "iou": [float("nan")] * len(class_names)}).to_csv(tmp, index=False)
+    with atomic_path(out_json) as tmp:
+        tmp.write_text(json.dumps(summary) + "\n")
+    return summary
+
+
 def class_average_precision(scores: np.ndarray, labels: np.ndarray) -> dict[int, float]:
     """Per class with at least one positive (column index -> AP): non-interpolated AP, the
     mean precision at the ranks of the positives."""

@@ -20,11 +20,11 @@ SLURM_ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')
 ENV = dict(SLURM_ENV, PATH=f"{BIN}{os.pathsep}{ROOT / 'tests' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-def snakemake_cmd(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> list[str]:
+def snakemake_cmd(workdir: Path, *args: str, snakefile: Path = ROOT / "workflow" / "Snakefile") -> list[str]:
     return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir), *args]
 
 
-def run_snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile", check: bool = True,
+def run_snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "workflow" / "Snakefile", check: bool = True,
                   timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = snakemake_cmd(workdir, *args, snakefile=snakefile)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)

@@ -12,21 +12,26 @@ import pytest
 from icd_pipeline.stages import compare
 from icd_pipeline.config import format_resolved, resolve_layers
 from icd_pipeline.misc.progress import LineProgress, progress
+from icd_pipeline.summary import OUTPUTS
 
 METHODS = ["CAM", "CAM+CRF", "ICD", "ICD+CRF"]
 
 
 def _experiment(results, name, overrides, mious, deeplab=None):
-    """A finished experiment folder as the workflow leaves it."""
+    """A finished experiment folder as the workflow leaves it: its own pseudo-masks and pseudo
+    DeepLab, the fully supervised DeepLab in a shared folder named in its outputs.json."""
     d = results / name
     (d / "pseudo_masks").mkdir(parents=True)
     config, origins = resolve_layers([("test", {"experiment": name, **overrides})])
     (d / compare.RESOLVED).write_text(format_resolved(config, origins))
+    full = f"deeplab_full/key-{name}"
+    (d / OUTPUTS).write_text(json.dumps({"dataset": results.name, "experiment": name, "deeplab_full": full}))
     pd.DataFrame({"method": METHODS, "miou": mious, "miou_authors": mious}).to_csv(
         d / "pseudo_masks" / "table.csv", index=False)
     for target, miou in (deeplab or {}).items():
-        (d / "deeplab" / target).mkdir(parents=True)
-        (d / "deeplab" / target / "summary.json").write_text(json.dumps({"miou": miou}))
+        folder = results / full if target == "full" else d / "deeplab" / target
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"miou": miou}))
 
 
 def test_compare_table_diffs_configs_and_lists_every_finished_experiment(tmp_path):
@@ -54,7 +59,7 @@ def test_compare_table_diffs_configs_and_lists_every_finished_experiment(tmp_pat
 def test_compare_without_finished_experiments_fails_clearly(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     assert compare.main(["--results", str(tmp_path), "--out-dir", str(tmp_path / "cmp")]) == 1
-    assert "no finished experiment" in capsys.readouterr().err
+    assert "no experiment" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
 
 

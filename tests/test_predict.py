@@ -350,7 +350,7 @@ def test_snakemake_predict_target(tmp_path):
     dry = run_snakemake(tmp_path, "-n", "--cores", "1", f"--configfile={TINY}", "predict",
                         "--config", f"predict={{images: {photos}, model: full}}")
     jobs = jobs_in_dry_run(dry)
-    assert {"predict_images", "train_deeplab"} <= jobs and "make_pseudo_masks" not in jobs
+    assert {"predict_images", "train_deeplab_full"} <= jobs and "make_pseudo_masks" not in jobs
 
 
 @pytest.mark.slow

@@ -54,16 +54,24 @@ def uninterrupted(tmp_path_factory):
     return work
 
 
+def _icd_folder(work: Path) -> Path:
+    """The ICD model's folder (shared, named by its settings' key): the one under results/tiny/icd/."""
+    (folder,) = [p for p in (work / "results" / "tiny" / "icd").iterdir() if p.is_dir()]
+    return folder
+
+
 def test_kill_during_icd_training_resumes_and_matches(uninterrupted, tmp_path):
-    res = tmp_path / "results" / "tiny" / "default"
-    _kill_when(tmp_path, res / "icd" / "checkpoints" / "last.pt")
+    shared = tmp_path / "results" / "tiny"
+    _kill_when(tmp_path, lambda: list(shared.glob("icd/*/checkpoints/last.pt")))
+    icd = _icd_folder(tmp_path)
     # nothing Snakemake would take as complete was left behind
-    assert not (res / "icd" / "model.pt").exists() and not (res / "icd" / "metrics.csv").exists()
-    assert (res / "icd" / "checkpoints" / "metrics.csv").exists()  # progress is kept beside the checkpoint
+    assert not (icd / "model.pt").exists() and not (icd / "metrics.csv").exists()
+    assert (icd / "checkpoints" / "metrics.csv").exists()  # progress is kept beside the checkpoint
     run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", TARGET, "--config", LONGER)
-    assert "resuming from" in (res / "logs" / "train_icd.log").read_text()
-    metrics = pd.read_csv(res / "icd" / "metrics.csv")
-    reference = pd.read_csv(uninterrupted / "results" / "tiny" / "default" / "icd" / "metrics.csv")
+    (log,) = shared.glob("logs/train_icd_*.log")
+    assert "resuming from" in log.read_text()
+    metrics = pd.read_csv(icd / "metrics.csv")
+    reference = pd.read_csv(_icd_folder(uninterrupted) / "metrics.csv")
     assert list(metrics.epoch) == list(reference.epoch)  # the curve is continuous
     pd.testing.assert_series_equal(metrics.loss_cls, reference.loss_cls, rtol=1e-4)
     assert _pseudo_masks(tmp_path) == _pseudo_masks(uninterrupted)

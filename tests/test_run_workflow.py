@@ -64,9 +64,10 @@ def test_wrapper_runs_snakemake_when_the_files_parse(tmp_path):
 
 
 def test_broken_default_config_is_named_by_the_snakefile(tmp_path):
-    """config.yaml beside the Snakefile is read by the Snakefile itself: FILE:LINE:COLUMN."""
-    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    """The repository's config.yaml is read by the Snakefile itself: FILE:LINE:COLUMN."""
+    (tmp_path / "workflow").mkdir()
+    shutil.copy(ROOT / "workflow" / "Snakefile", tmp_path / "workflow" / "Snakefile")
     (tmp_path / "config.yaml").write_text(BROKEN_YAML)
-    proc = run(snakemake_cmd(tmp_path / "work", "-n", snakefile=tmp_path / "Snakefile"), tmp_path)
+    proc = run(snakemake_cmd(tmp_path / "work", "-n", snakefile=tmp_path / "workflow" / "Snakefile"), tmp_path)
     assert proc.returncode != 0
     assert f"{tmp_path / 'config.yaml'}:4:5: YAML syntax error: expected ',' or ']'" in proc.stdout + proc.stderr

@@ -37,7 +37,7 @@ def test_tiny_pipeline_on_local_slurm(tmp_path):
     cmd = [str(SCRIPT), *snakemake_cmd(
         # the four GPU rules and what they need (the CPU-only stages after the maps add
         # SLURM round trips, not coverage of the profile)
-        tmp_path, "maps", "results/tiny/default/deeplab/full/summary.json",
+        tmp_path, "maps", "infer_deeplab_full",
         "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
         f"--configfile={TINY}", "--jobs", "4", "--slurm-keep-successful-logs",
         # tiny jobs end in seconds: poll soon (the profile's 5 s suits real jobs)
@@ -57,10 +57,12 @@ def test_tiny_pipeline_on_local_slurm(tmp_path):
     res = tmp_path / "results" / "tiny" / "default"
     # each job ran as a SLURM job: the plugin keeps one log folder per rule
     logs = tmp_path / ".snakemake" / "slurm_logs"
-    assert (logs / "rule_train_icd").is_dir() and (logs / "rule_train_deeplab").is_dir(), out[-3000:]
-    assert (logs / "rule_extract_maps").is_dir() and (logs / "rule_infer_deeplab").is_dir(), out[-3000:]
-    assert (res / "maps" / "train.h5").stat().st_size > 0
-    assert json.loads((res / "deeplab" / "full" / "summary.json").read_text())["miou"] >= 0
+    assert (logs / "rule_train_icd").is_dir() and (logs / "rule_train_deeplab_full").is_dir(), out[-3000:]
+    assert (logs / "rule_extract_maps").is_dir() and (logs / "rule_infer_deeplab_full").is_dir(), out[-3000:]
+    shared = res.parent
+    assert [p.stat().st_size > 0 for p in shared.glob("maps/*/train.h5")] == [True]
+    (full,) = shared.glob("deeplab_full/*/summary.json")
+    assert json.loads(full.read_text())["miou"] >= 0
     # the daemons the script started are gone
     ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
     assert "slurmctld" not in ps and "slurmd" not in ps

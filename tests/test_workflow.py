@@ -32,7 +32,7 @@ def test_stage_targets_exist(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "-p", *STAGE_TARGETS, "--config", "deeplab={pseudo_masks: icd_seed}")
     assert set(STAGE_TARGETS) <= jobs_in_dry_run(proc)
     assert "pseudo_masks/masks/icd_seed --out-dir results/embedded/default/deeplab/pseudo" in proc.stdout
-    assert "--deeplab-masks icd_seed" in proc.stdout
+    assert '"deeplab_masks":"icd_seed"' in proc.stdout  # outputs.json: what the report names
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -49,14 +49,14 @@ def test_bad_config_names_the_key(tmp_path):
 def test_lint_and_format_are_clean(tmp_path):
     proc = run_snakemake(ROOT, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT,
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "workflow"], cwd=ROOT,
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
 # --------------------------------------------------------------------------- end to end
 
-PKG_FILES = ("Snakefile", "config.yaml", "workflow", "icd_pipeline")
+PKG_FILES = ("config.yaml", "workflow", "icd_pipeline")
 
 
 def test_tiny_run_produces_every_output(tiny_run):
@@ -65,18 +65,30 @@ def test_tiny_run_produces_every_output(tiny_run):
     assert list(table.method[:4]) == ["CAM", "CAM+CRF", "ICD", "ICD+CRF"]
     assert "ICD+saliency" in set(table.method)  # the embedded dataset ships saliency maps
     assert table.miou.between(0, 1).all()
-    for target in ("pseudo", "full"):
-        summary = json.loads((res / "deeplab" / target / "summary.json").read_text())
+    outputs = json.loads((res / "outputs.json").read_text())
+    shared = res.parent
+    assert outputs["missing"] == []
+    for folder in (res / "deeplab" / "pseudo", shared / outputs["deeplab_full"]):
+        summary = json.loads((folder / "summary.json").read_text())
         assert 0 <= summary["miou"] <= 1
-        assert (res / "deeplab" / target / "loss_curve.png").stat().st_size > 0
-    for name in ("icd/loss_curve.png", "pseudo_masks/grid.png", "deeplab/grid.png", "deeplab/per_class_iou.png"):
+        assert (folder / "loss_curve.png").stat().st_size > 0
+    assert (shared / outputs["icd"] / "loss_curve.png").stat().st_size > 1000
+    assert (shared / outputs["maps"] / "train.h5").stat().st_size > 0
+    for name in ("pseudo_masks/grid.png", "deeplab/grid.png", "deeplab/per_class_iou.png"):
         assert (res / name).stat().st_size > 1000, name
+    # the report: one self-contained page with the summary table inline and the pictures embedded
+    html = (res / "report.html").read_text()
+    assert "<table>" in html and "fully supervised" in html and html.count("data:image/png;base64,") >= 5
     md = (res / "report" / "summary.md").read_text()
     masks = yaml.safe_load((ROOT / "config.yaml").read_text())["deeplab"].get("pseudo_masks", "icd_crf")
     assert "ICD+CRF" in md and "fully supervised" in md and f"trained on {MASK_NAMES[masks]}" in md
-    # every rule leaves a log and a benchmark (the dataset's shared stages one folder up)
-    assert len(list((res / "benchmarks").glob("*.tsv"))) >= 10
-    assert {"make_embedded_dataset"} <= {p.stem for p in (res.parent / "benchmarks").glob("*.tsv")}
+    # every rule leaves a log and a benchmark (the dataset's shared stages one folder up, named by
+    # their settings' key), and the report lists the stage times of exactly this run's jobs
+    assert len(list((res / "benchmarks").glob("*.tsv"))) >= 7
+    shared_stages = {p.stem for p in (res.parent / "benchmarks").glob("*.tsv")}
+    assert "make_embedded_dataset" in shared_stages
+    assert any(s.startswith("train_icd_tiny-") for s in shared_stages)
+    assert len(outputs["benchmarks"]) == 12 and all((shared / b).is_file() for b in outputs["benchmarks"])
     # nothing is written outside results/ and .snakemake/
     assert {p.name for p in tiny_run.iterdir()} <= {"results", ".snakemake"}
 
@@ -90,7 +102,7 @@ def test_deeplab_trainings_run_side_by_side_after_the_icd_chain(tiny_run):
     events, jobs = job_events(first_log.read_text())
     order = {event: i for i, event in enumerate(events)}
     by_name = {(j["rule"], j["wildcards"]): jobid for jobid, j in jobs.items()}
-    full, pseudo = by_name[("train_deeplab", "target=full")], by_name[("train_deeplab", "target=pseudo")]
+    full, pseudo = by_name[("train_deeplab_full", "")], by_name[("train_deeplab", "target=pseudo")]
     assert jobs[full]["threads"] == jobs[pseudo]["threads"] == 1
     assert order[("start", full)] < order[("end", pseudo)] and order[("start", pseudo)] < order[("end", full)]
     chain = [jobid for jobid, j in jobs.items() if j["rule"] in ("train_icd", "make_pseudo_masks")]
@@ -124,15 +136,25 @@ def test_config_section_change_reruns_stage_and_downstream_only(tiny_run):
     assert "extract_maps" in jobs and "train_icd" not in jobs
 
 
-def test_experiments_share_the_dataset_stage(tiny_run):
-    """A second experiment of the dataset reuses its data and superpixels, and writes its own
-    results; other superpixel settings get their own superpixels, still on the same data."""
-    proc = run_snakemake(tiny_run, "-n", "-p", f"--configfile={TINY}", "all", "--config", "experiment=other",
-                         "seeds={icd_bg_threshold: 0.00001}")
-    jobs = jobs_in_dry_run(proc)
-    assert {"train_icd", "make_pseudo_masks", "train_deeplab", "resolved_config", "summarize"} <= jobs
-    assert not jobs & {"make_embedded_dataset", "superpixels"}
-    assert "--out-dir results/tiny/other/icd" in proc.stdout and "results/tiny/data" in proc.stdout
+AFTER_PSEUDO_MASKS = {"make_pseudo_masks", "eval_pseudo_masks", "pseudo_mask_pictures", "train_deeplab",
+                      "infer_deeplab", "deeplab_pictures", "resolved_config", "summarize", "all"}
+
+
+def test_experiments_share_what_does_not_depend_on_their_settings(tiny_run):
+    """A second experiment that changes only seeds or pseudo_masks runs only the jobs from
+    make_pseudo_masks on: data, superpixels, ICD, maps and the fully supervised DeepLab are
+    shared (settings-keyed folders); one that changes the ICD settings retrains ICD but still
+    shares the data, superpixels and the fully supervised DeepLab; other superpixel settings
+    get their own superpixels, still on the same data."""
+    for change in ("seeds={icd_bg_threshold: 0.00001}", "pseudo_masks={cam_bg_threshold: 0.5}"):
+        proc = run_snakemake(tiny_run, "-n", "-p", f"--configfile={TINY}", "all", "--config", "experiment=other",
+                             change)
+        assert jobs_in_dry_run(proc) == AFTER_PSEUDO_MASKS, change
+        assert "--out-dir results/tiny/other/pseudo_masks/masks" in proc.stdout
+    jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config",
+                                         "experiment=other", "icd={lr: 0.02}"))
+    assert {"train_icd", "extract_maps"} <= jobs and not jobs & {"make_embedded_dataset", "superpixels",
+                                                                  "train_deeplab_full", "infer_deeplab_full"}
     jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all", "--config",
                                          "experiment=other", "superpixels={max_regions: 5}"))
     assert "superpixels" in jobs and "make_embedded_dataset" not in jobs
@@ -152,17 +174,17 @@ def test_module_edit_reruns_stage_and_downstream_only(tiny_run, tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / name)
     # an identical copy of the code: nothing to do
     assert nothing_to_do(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
-                                       snakefile=copy / "Snakefile"))
+                                       snakefile=copy / "workflow" / "Snakefile"))
     with open(copy / "icd_pipeline" / "seeds.py", "a") as fh:
         fh.write("\n# an edit\n")
     jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
-                                         snakefile=copy / "Snakefile"))
+                                         snakefile=copy / "workflow" / "Snakefile"))
     assert {"make_pseudo_masks", "eval_pseudo_masks", "train_deeplab", "infer_deeplab"} <= jobs
     assert not jobs & {"make_embedded_dataset", "train_icd", "extract_maps"}
     with open(copy / "icd_pipeline" / "losses.py", "a") as fh:
         fh.write("\n# an edit\n")
     jobs = jobs_in_dry_run(run_snakemake(tiny_run, "-n", f"--configfile={TINY}", "all",
-                                         snakefile=copy / "Snakefile"))
+                                         snakefile=copy / "workflow" / "Snakefile"))
     assert "train_icd" in jobs and "make_embedded_dataset" not in jobs and "superpixels" not in jobs
 
 
@@ -180,7 +202,8 @@ def test_saliency_background_end_to_end(tiny_run, tmp_path):
     proc = run_snakemake(work, "--cores", "2", "-p", f"--configfile={TINY}", "all", "--config",
                          "seeds={background: saliency}")
     out = proc.stdout + proc.stderr
-    assert "masks/icd_sal" in out and "train_icd" not in out
+    assert "masks/icd_sal" in out
+    assert "rule train_icd:" not in out and "rule extract_maps:" not in out  # ICD and its maps are reused
     table = pd.read_csv(work / "results" / "tiny" / "default" / "pseudo_masks" / "table.csv")
     assert "ICD+saliency" in set(table.method)
     assert json.loads((work / "results" / "tiny" / "default" / "deeplab" / "pseudo" / "summary.json").read_text())["miou"] >= 0

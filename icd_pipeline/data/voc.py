@@ -274,6 +274,14 @@ class VOCLayout:
             raise DataError(f"{self.root}: no SegmentationClass(Aug)/ folder with masks")
         return self.mask_dir / f"{image_id}.png"
 
+    def has_mask(self, image_id: str) -> bool:
+        """Whether the image has a ground-truth mask (a user's dataset may have none, or some)."""
+        return self.mask_dir is not None and (self.mask_dir / f"{image_id}.png").is_file()
+
+    def ids_with_masks(self, ids: Sequence[str]) -> list[str]:
+        """The ids of ``ids`` that have a ground-truth mask, in order: what can be scored."""
+        return [i for i in ids if self.has_mask(i)]
+
     def labels(self, image_id: str) -> list[int]:
         """1-based class ids present in the image."""
         if self.label_source == "xml":

@@ -4,10 +4,11 @@ Entry point::
 
     python -m icd_pipeline.stages.compare --results results/<dataset> --out-dir results/<dataset>/compare
 
-Every experiment folder ``results/<dataset>/<experiment>/`` holding ``resolved_config.yaml``
-(written by the workflow, ``icd_pipeline.stages.resolved_config``) and ``pseudo_masks/table.csv`` is a
-row; its DeepLab val mIoU (``deeplab/{pseudo,full}/summary.json``) is blank while not yet
-trained. The config keys whose values differ between the experiments become columns, so the
+Every experiment folder ``results/<dataset>/<experiment>/`` holding ``resolved_config.yaml`` and
+``outputs.json`` (written by the workflow, ``stages.resolved_config``) is a row, read through
+``summary.load_run``: its pseudo-mask mIoU per method and its DeepLab val mIoU, pseudo-masks and
+full supervision (the shared model its ``outputs.json`` names), blank where not computed (yet,
+or at all: no masks). The config keys whose values differ between the experiments become columns, so the
 table says what each experiment changed. Writes ``compare.csv``, ``compare.md`` and
 ``compare.png`` (grouped bars: one group per metric, one bar per experiment).
 
@@ -29,7 +30,7 @@ import yaml
 from ..config import BASE_KEY
 from ..misc.commands import command_name
 from ..misc.io import atomic_path
-from ..summary import to_markdown
+from ..summary import OUTPUTS, load_run, to_markdown
 from ..viz import pyplot, save_png
 
 RESOLVED = "resolved_config.yaml"
@@ -49,9 +50,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def find_experiments(results: Path) -> list[Path]:
-    """Experiment folders of one dataset with a resolved config and a pseudo-mask table."""
+    """Experiment folders of one dataset: a resolved config and outputs.json."""
     return sorted(d for d in results.iterdir()
-                  if d.is_dir() and (d / RESOLVED).is_file() and (d / "pseudo_masks" / "table.csv").is_file())
+                  if d.is_dir() and (d / RESOLVED).is_file() and (d / OUTPUTS).is_file())
 
 
 def differing_keys(configs: dict[str, dict]) -> list[str]:
@@ -67,12 +68,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _miou(path: Path) -> float:
-    if not path.is_file():
-        return math.nan
-    return float(json.loads(path.read_text())["miou"])
-
-
 def compare_table(results: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
     """(table, config columns, metric columns): one row per finished experiment."""
     results = Path(results)
@@ -80,8 +75,7 @@ def compare_table(results: str | Path) -> tuple[pd.DataFrame, list[str], list[st
         raise FileNotFoundError(f"{results}: no such results folder")
     exps = find_experiments(results)
     if not exps:
-        raise FileNotFoundError(f"{results}: no finished experiment (<experiment>/{RESOLVED} and "
-                                "<experiment>/pseudo_masks/table.csv)")
+        raise FileNotFoundError(f"{results}: no experiment (<experiment>/{RESOLVED} and <experiment>/{OUTPUTS})")
     configs = {}
     for d in exps:
         cfg = yaml.safe_load((d / RESOLVED).read_text()) or {}
@@ -93,14 +87,16 @@ def compare_table(results: str | Path) -> tuple[pd.DataFrame, list[str], list[st
         flat = flatten(configs[d.name])
         row: dict[str, object] = {"experiment": d.name}
         row.update({k: _cell(flat.get(k, MISSING)) for k in keys})
-        table = pd.read_csv(d / "pseudo_masks" / "table.csv")
-        for method, miou in zip(table["method"], table["miou"]):
-            name = f"pseudo-mask mIoU {method}"
-            row[name] = float(miou)
-            if name not in metrics:
-                metrics.append(name)
-        row["DeepLab mIoU (pseudo)"] = _miou(d / "deeplab" / "pseudo" / "summary.json")
-        row["DeepLab mIoU (full)"] = _miou(d / "deeplab" / "full" / "summary.json")
+        run = load_run(d)
+        if run.pseudo_table is not None:
+            for method, miou in zip(run.pseudo_table["method"], run.pseudo_table["miou"]):
+                name = f"pseudo-mask mIoU {method}"
+                row[name] = float(miou)
+                if name not in metrics:
+                    metrics.append(name)
+        for target in ("pseudo", "full"):
+            miou = run.deeplab.get(target, {}).get("miou")
+            row[f"DeepLab mIoU ({target})"] = math.nan if miou is None else float(miou)
         rows.append(row)
     metrics += ["DeepLab mIoU (pseudo)", "DeepLab mIoU (full)"]
     df = pd.DataFrame(rows, columns=["experiment", *keys, *metrics])

@@ -3,16 +3,17 @@
 Entry point::
 
     python -m icd_pipeline.stages.deeplab_pictures --data-root DIR --split val \
-        --pred-pseudo results/<ds>/deeplab/pseudo/predictions \
-        --pred-full results/<ds>/deeplab/full/predictions \
-        --per-class-pseudo .../pseudo/per_class.csv --per-class-full .../full/per_class.csv \
+        --pred-pseudo results/<ds>/<exp>/deeplab/pseudo/predictions \
+        --per-class-pseudo .../pseudo/per_class.csv \
+        [--pred-full results/<ds>/deeplab_full/<key>/predictions --per-class-full .../per_class.csv] \
         --out-grid grid.png --out-bars per_class_iou.png [--num 6]
 
-Grid: one row per image, columns image, ground truth, the prediction of the DeepLab trained
-on the pseudo-masks and that of the DeepLab trained on the ground truth (the upper bound),
-in the VOC palette. The images are a fixed, deterministic choice: ``--num`` ids evenly spaced
-through the split's sorted id list. Bars: per-class IoU (background included) of the two
-networks side by side, with their mIoU in the legend. Both PNGs are written atomically.
+Grid: one row per image, columns image, ground truth (blank where the image has no mask), the
+prediction of the DeepLab trained on the pseudo-masks and, when given, that of the DeepLab
+trained on the ground truth (the upper bound), in the VOC palette. The images are a fixed,
+deterministic choice: ``--num`` ids evenly spaced through the split's sorted id list. Bars:
+per-class IoU (background included) of the networks side by side, with their mIoU in the
+legend ("not scored" when the split has no mask). Both PNGs are written atomically.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..viz import pyplot, save_png
 
 LOG = get_logger("deeplab_pictures")
 COLUMNS = ("image", "ground truth", "DeepLab on pseudo-masks", "DeepLab on ground truth")
+NO_MASK = 255  # shown as the void colour where an image has no ground truth
 
 
 def choose_ids(ids: Sequence[str], num: int) -> list[str]:
@@ -50,11 +52,14 @@ def prediction_grid(layout: VOCLayout, split: str, pred_dirs: Sequence[str | Pat
                     num: int = 6) -> list[str]:
     ids = choose_ids(layout.ids(split), num)
     plt = pyplot()
-    fig, axes = plt.subplots(len(ids), len(COLUMNS), figsize=(2.0 * len(COLUMNS), 2.0 * len(ids)),
+    columns = COLUMNS[:2 + len(pred_dirs)]
+    fig, axes = plt.subplots(len(ids), len(columns), figsize=(2.0 * len(columns), 2.0 * len(ids)),
                              squeeze=False)
     for r, image_id in enumerate(ids):
         image = read_image(layout.image_path(image_id))
-        panels = [image, colorize(read_mask(layout.mask_path(image_id), layout.num_classes))]
+        gt = (read_mask(layout.mask_path(image_id), layout.num_classes) if layout.has_mask(image_id)
+              else np.full(image.shape[:2], NO_MASK, np.uint8))
+        panels = [image, colorize(gt)]
         for d in pred_dirs:
             path = Path(d) / f"{image_id}.png"
             pred = read_mask(path, layout.num_classes)
@@ -67,7 +72,7 @@ def prediction_grid(layout: VOCLayout, split: str, pred_dirs: Sequence[str | Pat
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(COLUMNS[c], fontsize=8)
+                ax.set_title(columns[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=7)
     save_png(fig, out_png)
@@ -99,9 +104,9 @@ def iou_bars(per_class: dict[str, str | Path], out_png: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 3.6))
     for i, (label, (_, iou)) in enumerate(series.items()):
         vals = np.asarray(iou, dtype=float) * 100
-        miou = np.nanmean(vals) if np.any(~np.isnan(vals)) else float("nan")
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width,
-               label=f"{label} (mIoU {miou:.1f})")
+        scored = np.any(~np.isnan(vals))
+        miou = f"mIoU {np.nanmean(vals):.1f}" if scored else "not scored: no ground truth"
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width, label=f"{label} ({miou})")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("IoU (%)")
@@ -117,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--split", required=True)
     parser.add_argument("--pred-pseudo", required=True, help="predictions of the DeepLab trained on pseudo-masks")
-    parser.add_argument("--pred-full", required=True, help="predictions of the DeepLab trained on ground truth")
+    parser.add_argument("--pred-full", help="predictions of the DeepLab trained on ground truth, if trained")
     parser.add_argument("--per-class-pseudo", required=True)
-    parser.add_argument("--per-class-full", required=True)
+    parser.add_argument("--per-class-full")
     parser.add_argument("--out-grid", required=True)
     parser.add_argument("--out-bars", required=True)
     parser.add_argument("--num", type=int, default=6, help="images in the grid")
@@ -128,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.num < 1:
             raise ValueError("--num must be >= 1")
         layout = VOCLayout.open(args.data_root)
-        ids = prediction_grid(layout, args.split, [args.pred_pseudo, args.pred_full], args.out_grid, args.num)
-        iou_bars({"pseudo-masks": args.per_class_pseudo, "ground truth (upper bound)": args.per_class_full},
-                 args.out_bars)
+        if (args.pred_full is None) != (args.per_class_full is None):
+            raise ValueError("--pred-full and --per-class-full go together")
+        pred_dirs = [args.pred_pseudo] + ([args.pred_full] if args.pred_full else [])
+        ids = prediction_grid(layout, args.split, pred_dirs, args.out_grid, args.num)
+        per_class = {"pseudo-masks": args.per_class_pseudo}
+        if args.per_class_full:
+            per_class["ground truth (upper bound)"] = args.per_class_full
+        iou_bars(per_class, args.out_bars)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -45,6 +45,7 @@ METHODS: tuple[tuple[str, str], ...] = (
 )
 # present only when the pseudo-masks were made with seeds.background: saliency
 SALIENCY_ROW = ("ICD+saliency", "icd_sal")
+# images: the images scored (those with a mask); split_images: the images of the split
 TABLE_COLUMNS = ["method", "miou", "miou_authors", "left_out_fraction", "pixel_acc", "pixel_acc_authors",
                  "images"]
 
@@ -99,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = VOCLayout.open(args.data_root)
         methods = METHODS + ((SALIENCY_ROW,) if (Path(args.masks_dir) / SALIENCY_ROW[1]).is_dir() else ())
-        evs = evaluate_methods(layout, layout.ids(args.split), args.masks_dir, methods,
-                               progress=not args.no_progress)
+        split_ids = layout.ids(args.split)
+        ids = layout.ids_with_masks(split_ids)  # a user's dataset may have masks for some images
+        if not ids:
+            raise DataError(f"{layout.root}: none of the {len(split_ids)} images of split {args.split} has a "
+                            "ground-truth mask: pseudo-masks cannot be scored")
+        if len(ids) < len(split_ids):
+            log.info("scoring the %d of %d images of %s that have a mask", len(ids), len(split_ids), args.split)
+        evs = evaluate_methods(layout, ids, args.masks_dir, methods, progress=not args.no_progress)
         table, per_class = tables(evs, layout.class_names)
+        table["split_images"] = len(split_ids)
         with atomic_path(args.out_table) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
         with atomic_path(args.out_per_class) as tmp:

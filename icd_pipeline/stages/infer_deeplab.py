@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import ConfigError, add_config_args, config_from_args
 from ..data.voc import DataError, VOCLayout, read_image, write_palette_png
-from ..evaluate import evaluate_dirs, write_results
+from ..evaluate import evaluate_dirs, write_results, write_unscored
 from ..inference import TestSettings, load_for_inference, segment
 from ..misc.commands import command_name
 from ..misc.io import atomic_dir
@@ -70,11 +70,18 @@ def infer(config: dict, data_root: str | Path, split: str, checkpoint: str | Pat
             bar.update(len(batch))
         bar.close()
     seconds = time.time() - start
-    ev = evaluate_dirs(layout, ids, pred_dir, ignore_pred_void=False, progress=progress)
+    scored = layout.ids_with_masks(ids)  # a user's dataset may have masks for some images, or none
     extra = {"split": split, "checkpoint": str(checkpoint), "model": meta["model"], "backbone": meta["backbone"],
-             **settings.as_dict(), "seconds": seconds}
+             **settings.as_dict(), "seconds": seconds, "predicted_images": len(ids)}
+    if not scored:
+        extra["reason"] = f"none of the {len(ids)} images of split {split} has a ground-truth mask"
+        summary = write_unscored(layout.class_names, out_csv, out_json, extra)
+        LOG.info("%d %s images predicted in %.1f s; not scored: %s", len(ids), split, seconds, extra["reason"])
+        return summary
+    ev = evaluate_dirs(layout, scored, pred_dir, ignore_pred_void=False, progress=progress)
     summary = write_results(ev, layout.class_names, out_csv, out_json, extra)
-    LOG.info("%s mIoU %.4f (pixel acc %.4f) in %.1f s", split, summary["miou"], summary["pixel_acc"], seconds)
+    LOG.info("%s mIoU %.4f (pixel acc %.4f) over %d of %d images, in %.1f s", split, summary["miou"],
+             summary["pixel_acc"], len(scored), len(ids), seconds)
     return summary
 
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({k: summary[k] for k in ("miou", "pixel_acc", "mean_acc", "images")}))
+    print(json.dumps({k: summary.get(k) for k in ("miou", "pixel_acc", "mean_acc", "images", "predicted_images")}))
     return 0
 
 

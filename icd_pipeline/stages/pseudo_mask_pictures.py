@@ -6,7 +6,8 @@ Entry point::
         --maps results/<ds>/maps/train.h5 --masks-dir results/<ds>/pseudo_masks/masks \
         --out results/<ds>/pseudo_masks/grid.png [--num 6]
 
-One row per image, columns: image, ground truth (VOC palette), CAM (max over the present
+One row per image, columns: image, ground truth (VOC palette; void colour where the image has
+no mask), CAM (max over the present
 classes of ReLU(A), divided by its maximum, over the image), ICD map (sigmoid of the max over
 the present classes of the top-down logits T; 0.5 is the seed threshold), ICD seed, ICD+CRF
 pseudo-mask. The images are a fixed, deterministic choice: in sorted id order, the first
@@ -102,7 +103,8 @@ def pseudo_mask_grid(layout: VOCLayout, split: str, maps_path: str | Path, masks
         hw = image.shape[:2]
         if tuple(rec["image_hw"]) != tuple(hw):
             raise DataError(f"{maps_path}: maps of {image_id} are for size {rec['image_hw']}, image is {hw}")
-        gt = read_mask(layout.mask_path(image_id), layout.num_classes)
+        gt = (read_mask(layout.mask_path(image_id), layout.num_classes) if layout.has_mask(image_id)
+              else np.full(hw, 255, np.uint8))  # no ground truth: the void colour
         seed = read_mask(masks_dir / "icd_seed" / f"{image_id}.png", layout.num_classes)
         crf = read_mask(masks_dir / "icd_crf" / f"{image_id}.png", layout.num_classes)
         panels = [image / 255.0, colorize(gt), overlay(image, cam_heatmap(rec["cam"], hw), jet),

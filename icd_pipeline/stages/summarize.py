@@ -1,75 +1,56 @@
-"""Stage ``summarize``: the run's summary (pseudo-mask table, final mIoU, pseudo vs full
-supervision, and stage times) as Markdown and CSV.
+"""Stage ``summarize``: an experiment's report, from its folder (``summary.load_run``: the files of
+the stages, found through the folder's ``outputs.json``):
 
-    python -m icd_pipeline.stages.summarize --dataset NAME --deeplab-masks icd_crf --pseudo-table table.csv \
-        --deeplab-pseudo pseudo/summary.json --deeplab-full full/summary.json \
-        --benchmarks results/NAME/benchmarks results/NAME/EXPERIMENT/benchmarks --out-md summary.md --out-csv summary.csv
+    python -m icd_pipeline.stages.summarize --experiment results/<dataset>/<experiment>
+
+writes ``report/summary.md`` and ``report/summary.csv`` (pseudo-mask mIoU of each method, DeepLab
+val mIoU on the pseudo-masks and fully supervised, their ratio, the classifier's mAP), and
+``report.html``: one self-contained page with those tables inline, the per-class IoU, the
+pictures and loss curves embedded, stage times and the resolved configuration. Figures that
+could not be computed (a dataset without ground-truth masks) are listed with the reason, and
+their cells are empty. ``icd-pipeline report results/<dataset>/<experiment>`` runs the same.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ..misc.commands import command_name
 from ..misc.io import atomic_path
-from ..summary import classifier_rows, per_class_table, read_benchmarks, summary_rows, to_markdown
+from ..summary import load_run, run_html, run_markdown
+
+
+def write_report(experiment: str | Path) -> dict[str, Path]:
+    """Write the three report files of an experiment folder; their paths."""
+    run = load_run(experiment)
+    folder = Path(experiment)
+    out = {"md": folder / "report" / "summary.md", "csv": folder / "report" / "summary.csv",
+           "html": folder / "report.html"}
+    with atomic_path(out["csv"]) as tmp:
+        run.summary().to_csv(tmp, index=False, float_format="%.6f")
+    with atomic_path(out["md"]) as tmp:
+        tmp.write_text(run_markdown(run))
+    with atomic_path(out["html"]) as tmp:
+        tmp.write_text(run_html(run))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.summarize"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--deeplab-masks", default="icd_crf",
-                        help="the pseudo-mask folder the pseudo DeepLab trained on (icd_crf, icd_seed, icd_sal)")
-    parser.add_argument("--pseudo-table", required=True)
-    parser.add_argument("--deeplab-pseudo", required=True)
-    parser.add_argument("--deeplab-full", required=True)
-    parser.add_argument("--benchmarks", required=True, nargs="+", help="benchmark folders")
-    parser.add_argument("--classifier", help="icd/classifier.json (image-level mAP on the evaluation split)")
-    parser.add_argument("--pseudo-per-class", help="pseudo_masks/per_class.csv")
-    parser.add_argument("--deeplab-pseudo-per-class", help="deeplab/pseudo/per_class.csv")
-    parser.add_argument("--deeplab-full-per-class", help="deeplab/full/per_class.csv")
-    parser.add_argument("--out-md", required=True)
-    parser.add_argument("--out-csv", required=True)
+    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.summarize"),
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", required=True, metavar="DIR",
+                        help="the experiment's folder, results/<dataset>/<experiment>")
     args = parser.parse_args(argv)
     try:
-        table = pd.read_csv(args.pseudo_table)
-        pseudo = json.loads(Path(args.deeplab_pseudo).read_text())
-        full = json.loads(Path(args.deeplab_full).read_text())
-        classifier = json.loads(Path(args.classifier).read_text()) if args.classifier else None
-        per_class = None
-        if args.pseudo_per_class:
-            deeplab = {t: pd.read_csv(f) for t, f in (("pseudo", args.deeplab_pseudo_per_class),
-                                                      ("full", args.deeplab_full_per_class)) if f}
-            per_class = per_class_table(pd.read_csv(args.pseudo_per_class), deeplab)
+        out = write_report(args.experiment)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    summary = summary_rows(table, pseudo, full, args.deeplab_masks)
-    if classifier is not None:
-        summary = pd.concat([pd.DataFrame([{"metric": f"classifier mAP ({classifier['split']})",
-                                            "value": float(classifier["map"])}]), summary], ignore_index=True)
-    bench = read_benchmarks(*args.benchmarks)
-    with atomic_path(args.out_csv) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.6f")
-    md = [f"# icd-pipeline summary: {args.dataset}", "",
-          "## Pseudo-masks (training split)", "", to_markdown(table), "",
-          "## Final segmentation (validation split)", "",
-          to_markdown(summary[summary.metric.str.startswith(("DeepLab", "fraction"))]), ""]
-    if classifier is not None:
-        md += [f"## Image-level classifier ({classifier['split']}, {classifier['images']} images)", "",
-               f"mAP **{classifier['map']:.4f}** over the {len(classifier['ap'])} classes with positives.", "",
-               to_markdown(classifier_rows(classifier)), ""]
-    if per_class is not None:
-        md += ["## IoU per class", "", to_markdown(per_class), ""]
-    md += ["## Stage wall time and peak memory", "", to_markdown(bench, "{:.1f}"), ""]
-    with atomic_path(args.out_md) as tmp:
-        tmp.write_text("\n".join(md))
-    print("\n".join(md))
+    print(out["md"].read_text())
+    print(f"report: {out['html']}", file=sys.stderr)
     return 0
 
 

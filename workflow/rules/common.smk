@@ -21,7 +21,7 @@ from icd_pipeline.config import resolve_workflow_config
 _resolved, CONFIG_ORIGINS = resolve_workflow_config(
     configfiles=workflow.config_settings.configfiles,
     cli_config=workflow.config_settings.config,
-    default_configfile=os.path.join(workflow.basedir, "config.yaml"),
+    default_configfile=DEFAULT_CONFIGFILE,
     use_default=not workflow.config_settings.replace_workflow_config,
 )
 config.clear()
@@ -30,18 +30,20 @@ validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
 EXPERIMENT = config["experiment"]
-# Shared by every experiment of a dataset: the data (and downloads), the superpixels of each
-# superpixel setting, and those stages' logs and benchmarks.
+# Shared by every experiment of a dataset: the data (and downloads), and every output that
+# depends on part of the settings only, in a folder named by a hash of exactly those settings
+# (superpixels, feature cache, ICD model, maps, fully supervised DeepLab; settings_key()), so
+# two experiments that agree on them share one copy; plus those stages' logs and benchmarks.
 DATA_RES = f"results/{DATASET}"
 DATA_LOGS = f"{DATA_RES}/logs"
 DATA_BENCH = f"{DATA_RES}/benchmarks"
-# One experiment's results: everything from ICD training on, and its resolved config.
+# One experiment's own results: from the pseudo-masks on, and its resolved config.
 RES = f"{DATA_RES}/{EXPERIMENT}"
 LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
 TRAIN_SPLIT = config["dataset"]["train_split"]
 EVAL_SPLIT = config["dataset"]["eval_split"]
-PACKAGE = Path(workflow.basedir) / "icd_pipeline"
+PACKAGE = Path(workflow.basedir).parent / "icd_pipeline"
 
 
 # Stages run `python -m icd_pipeline...`: put the interpreter that runs Snakemake first on
@@ -105,13 +107,21 @@ def data_root():
     return f"{DATA_RES}/data"
 
 
+def settings_key(name, settings):
+    """<name>-<first 8 hex digits of the sha256 of ``settings`` (stable JSON)>: the folder of a
+    shared output, named by the settings it depends on."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def superpixel_key():
-    """The shared superpixel folder of this superpixel setting, <feature_backbone>-<hash of the
-    sections the stage reads>: experiments that agree on them share one file, and those that
-    differ do not overwrite each other."""
-    settings = stage_config("superpixels", "device").encode()
-    digest = hashlib.sha256(settings).hexdigest()[:8]
-    return f"{config['superpixels']['feature_backbone']}-{digest}"
+    """The shared superpixel folder of this superpixel setting: experiments that agree on the
+    sections the stage reads share one file, and those that differ do not overwrite each other.
+    """
+    return settings_key(
+        config["superpixels"]["feature_backbone"],
+        json.loads(stage_config("superpixels", "device")),
+    )
 
 
 def stage_config(*sections):
@@ -142,12 +152,12 @@ def code_hash(*modules):
 def deeplab_masks(wildcards):
     """DeepLab trains on pseudo-masks (targets pseudo, saliency) or ground truth (full);
     from the feature cache when deeplab.feature_cache is on."""
-    if wildcards.target in ("pseudo", "saliency"):
+    if wildcards.get("target", "full") in ("pseudo", "saliency"):
         inputs = {"masks": f"{RES}/pseudo_masks/masks"}
     else:
         inputs = {"manifest": f"{DATA_RES}/data/manifest.json"}
     if config["deeplab"]["feature_cache"]:
-        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+        inputs["features"] = f"{FEATURES}/{TRAIN_SPLIT}.h5"
     return inputs
 
 
@@ -161,9 +171,10 @@ def mask_dir_arg(wildcards, input):
     ICD seeds with their 255), or icd_sal when seeds.background is saliency; saliency: the
     ICD+saliency seeds (benchmark row); full: ground truth (no argument).
     """
-    if wildcards.target == "saliency":
+    target = wildcards.get("target", "full")
+    if target == "saliency":
         return f"--mask-dir {input.masks}/icd_sal"
-    if wildcards.target == "pseudo":
+    if target == "pseudo":
         return f"--mask-dir {input.masks}/{pseudo_mask_folder()}"
     return ""
 
@@ -183,29 +194,260 @@ def icd_training_inputs(wildcards):
         "superpixels": f"{SUPERPIXELS}/{TRAIN_SPLIT}.h5",
     }
     if config["icd"]["feature_cache"]:
-        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+        inputs["features"] = f"{FEATURES}/{TRAIN_SPLIT}.h5"
     return inputs
 
 
 def feature_cache_config():
-    """Only the icd keys that define the cached features (plus seed and device): changing
-    lr or epochs retrains the heads without recomputing the cache."""
+    """What the cached features depend on: the icd keys that build them (backbone, weights,
+    output stride, input scale, scales; flips are always both), the device, and the seed only
+    for a randomly initialised backbone (pretrained weights do not depend on it). Changing lr,
+    epochs or the seed of a pretrained run reuses the cache."""
     from icd_pipeline.feature_cache import BUILD_KEYS
 
-    icd = {k: config["icd"][k] for k in BUILD_KEYS}
-    return json.dumps(
-        {"seed": config["seed"], "device": config["device"], "icd": icd},
-        sort_keys=True,
-        separators=(",", ":"),
+    settings = {
+        "device": config["device"],
+        "icd": {k: config["icd"][k] for k in BUILD_KEYS},
+    }
+    if not config["icd"]["pretrained"]:
+        settings["seed"] = config["seed"]
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def deeplab_train_config(target):
+    """The sections a DeepLab training reads. The fully supervised one does not depend on which
+    pseudo-masks the other trains on (deeplab.pseudo_masks), so that key is left out of its
+    settings and an experiment that changes it shares the full model."""
+    cfg = json.loads(stage_config("seed", "device", "deeplab"))
+    if target == "full":
+        cfg["deeplab"].pop("pseudo_masks", None)
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
+def deeplab_infer_config(target):
+    """The sections DeepLab inference reads: device and deeplab, and the pseudo-mask CRF only
+    when the test-time CRF borrows its parameters (deeplab.test_crf without test_crf_params).
+    """
+    cfg = json.loads(stage_config("device", "deeplab"))
+    if target == "full":
+        cfg["deeplab"].pop("pseudo_masks", None)
+    section = config["deeplab"]
+    if section["test_crf"] and not section.get("test_crf_params"):
+        cfg["pseudo_masks"] = {"crf": config["pseudo_masks"]["crf"]}
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
+# The shared, settings-keyed outputs of this configuration (see DATA_RES above).
+SUPERPIXELS = f"{DATA_RES}/superpixels/{superpixel_key()}"
+FEATURES_KEY = settings_key(
+    config["icd"]["backbone"], json.loads(feature_cache_config())
+)
+FEATURES = f"{DATA_RES}/features/{FEATURES_KEY}"
+ICD_KEY = settings_key(
+    config["icd"]["backbone"],
+    {
+        "config": json.loads(stage_config("seed", "device", "icd")),
+        "splits": [TRAIN_SPLIT, EVAL_SPLIT],
+        "superpixels": superpixel_key(),
+        "features": FEATURES_KEY if config["icd"]["feature_cache"] else None,
+    },
+)
+ICD = f"{DATA_RES}/icd/{ICD_KEY}"
+MAPS_KEY = settings_key(ICD_KEY, json.loads(stage_config("device", "maps")))
+MAPS = f"{DATA_RES}/maps/{MAPS_KEY}"
+DEEPLAB_FULL_KEY = settings_key(
+    config["deeplab"]["backbone"],
+    {
+        "train": json.loads(deeplab_train_config("full")),
+        "infer": json.loads(deeplab_infer_config("full")),
+        "splits": [TRAIN_SPLIT, EVAL_SPLIT],
+        "features": FEATURES_KEY if config["deeplab"]["feature_cache"] else None,
+    },
+)
+DEEPLAB_FULL = f"{DATA_RES}/deeplab_full/{DEEPLAB_FULL_KEY}"
+
+
+def mask_coverage():
+    """{split: (images with a mask, images)} for the training and evaluation splits of a
+    user's folder, read when the workflow is parsed (no image is decoded); for the generated
+    and downloaded datasets, which have every mask, None."""
+    if config["dataset"]["source"] != "folder":
+        return None
+    from icd_pipeline.data.voc import DataError, VOCLayout
+
+    try:
+        layout = VOCLayout.open(config["dataset"]["root"])
+        coverage = {}
+        for split in dict.fromkeys([TRAIN_SPLIT, EVAL_SPLIT]):
+            ids = layout.ids(split)
+            have = 0
+            if layout.mask_dir is not None:
+                have = sum((layout.mask_dir / f"{i}.png").is_file() for i in ids)
+            coverage[split] = (have, len(ids))
+        return coverage
+    except DataError as exc:
+        raise WorkflowError(f"dataset.root: {exc}")
+
+
+MASKS = mask_coverage()
+
+
+def masks_of(split):
+    """'all', 'some' or 'none': how many of a split's images have a ground-truth mask."""
+    if MASKS is None:
+        return "all"
+    have, total = MASKS[split]
+    return "all" if have == total else "some" if have else "none"
+
+
+def mask_note(split, what):
+    """Why a figure on ``split`` is missing or partial ('' when every image has a mask)."""
+    kind = masks_of(split)
+    if kind == "all":
+        return ""
+    have, total = MASKS[split]
+    if kind == "none":
+        return f"{what}: not computed: none of the {total} images of split {split} has a mask"
+    return (
+        f"{what}: over the {have} of {total} images of split {split} that have a mask"
     )
+
+
+# Figures that need ground truth run where it exists (and over the images that have it).
+SCORE_PSEUDO_MASKS = masks_of(TRAIN_SPLIT) != "none"
+TRAIN_FULL = masks_of(TRAIN_SPLIT) == "all"
+MISSING = [
+    note
+    for note in (
+        mask_note(TRAIN_SPLIT, "pseudo-mask mIoU"),
+        mask_note(EVAL_SPLIT, "DeepLab val mIoU"),
+        (
+            ""
+            if TRAIN_FULL
+            else "fully supervised DeepLab: not trained: it needs a mask for every training image"
+            f" ({MASKS[TRAIN_SPLIT][0]} of {MASKS[TRAIN_SPLIT][1]} of split {TRAIN_SPLIT} have one)"
+        ),
+    )
+    if note
+]
+
+
+def full_supervision_inputs(wildcards):
+    """The fully supervised DeepLab's inputs; asking for it without masks is an error that
+    says so (`all` leaves it out)."""
+    if not TRAIN_FULL:
+        have, total = MASKS[TRAIN_SPLIT]
+        raise WorkflowError(
+            f"the fully supervised DeepLab needs a mask for every image of split {TRAIN_SPLIT}, "
+            f"and {config['dataset']['root']} has {have} of {total}: leave it out (`all` does) "
+            "or add the masks"
+        )
+    return deeplab_masks(wildcards)
+
+
+def deeplab_summaries():
+    """The DeepLab evaluations the run builds: pseudo, and full where it can be trained."""
+    paths = [f"{RES}/deeplab/pseudo/summary.json"]
+    if TRAIN_FULL:
+        paths.append(f"{DEEPLAB_FULL}/summary.json")
+    return paths
+
+
+def deeplab_picture_inputs(wildcards):
+    inputs = {
+        "pseudo": f"{RES}/deeplab/pseudo/predictions",
+        "per_class_pseudo": f"{RES}/deeplab/pseudo/per_class.csv",
+    }
+    if TRAIN_FULL:
+        inputs["full"] = f"{DEEPLAB_FULL}/predictions"
+        inputs["per_class_full"] = f"{DEEPLAB_FULL}/per_class.csv"
+    return inputs
+
+
+def benchmark_files():
+    """The Snakemake benchmark files of this experiment's jobs (its stage times), relative to
+    results/<dataset>/: the shared stages' (named by their keys), then its own."""
+    source = config["dataset"]["source"]
+    data_rules = {
+        "synthetic": ["make_embedded_dataset"],
+        "voc2012": ["download_voc", "prepare_voc"],
+        "coco2014": ["download_coco", "prepare_coco"],
+        "folder": ["validate_dataset"],
+    }[source]
+    shared = [f"{DATA_BENCH}/{r}.tsv" for r in data_rules]
+    shared.append(f"{DATA_BENCH}/superpixels_{superpixel_key()}_{TRAIN_SPLIT}.tsv")
+    if config["icd"]["feature_cache"]:
+        shared.append(f"{DATA_BENCH}/feature_cache_{FEATURES_KEY}_{TRAIN_SPLIT}.tsv")
+    shared.append(f"{DATA_BENCH}/train_icd_{ICD_KEY}.tsv")
+    shared.append(f"{DATA_BENCH}/extract_maps_{MAPS_KEY}_{TRAIN_SPLIT}.tsv")
+    if TRAIN_FULL:
+        full = DEEPLAB_FULL_KEY
+        shared += [
+            f"{DATA_BENCH}/train_deeplab_{full}.tsv",
+            f"{DATA_BENCH}/infer_deeplab_{full}.tsv",
+        ]
+    own = [
+        "make_pseudo_masks",
+        "pseudo_mask_pictures",
+        "train_deeplab_pseudo",
+        "infer_deeplab_pseudo",
+        "deeplab_pictures",
+    ]
+    if SCORE_PSEUDO_MASKS:
+        own.insert(1, "eval_pseudo_masks")
+    files = shared + [f"{BENCH}/{name}.tsv" for name in own]
+    return [os.path.relpath(f, DATA_RES) for f in files]
+
+
+def run_outputs():
+    """outputs.json of the experiment: where its shared outputs are, relative to
+    results/<dataset>/ (null: not built), the pseudo-masks its DeepLab trained on, the figures
+    it cannot compute and why, and its benchmark files (summary.load_run reads it)."""
+    rel = lambda path: os.path.relpath(path, DATA_RES)
+    return {
+        "dataset": DATASET,
+        "experiment": EXPERIMENT,
+        "train_split": TRAIN_SPLIT,
+        "eval_split": EVAL_SPLIT,
+        "superpixels": rel(SUPERPIXELS),
+        "features": rel(FEATURES) if config["icd"]["feature_cache"] else None,
+        "icd": rel(ICD),
+        "maps": rel(MAPS),
+        "deeplab_full": rel(DEEPLAB_FULL) if TRAIN_FULL else None,
+        "deeplab_masks": pseudo_mask_folder(),
+        "missing": MISSING,
+        "benchmarks": benchmark_files(),
+    }
+
+
+def summary_inputs(wildcards):
+    """Every file the report reads (summary.load_run finds them through outputs.json)."""
+    inputs = {
+        "outputs": f"{RES}/outputs.json",
+        "config": f"{RES}/resolved_config.yaml",
+        "classifier": f"{ICD}/classifier.json",
+        "icd_curve": f"{ICD}/loss_curve.png",
+        "pseudo_grid": f"{RES}/pseudo_masks/grid.png",
+        "deeplab_pictures": f"{RES}/deeplab/grid.png",
+        "deeplab": deeplab_summaries(),
+    }
+    if SCORE_PSEUDO_MASKS:
+        inputs["pseudo_table"] = f"{RES}/pseudo_masks/table.csv"
+    return inputs
+
+
+def deeplab_dir(target):
+    """The folder of a DeepLab target: pseudo (and the benchmark's saliency) in the experiment,
+    the fully supervised one shared (DEEPLAB_FULL)."""
+    return DEEPLAB_FULL if target == "full" else f"{RES}/deeplab/{target}"
 
 
 def maps_inputs(wildcards):
     """extract_maps reads the trained model, and the feature cache of the training split
     when there is one (the passes it holds are not recomputed)."""
-    inputs = {"model": f"{RES}/icd/model.pt"}
+    inputs = {"model": f"{ICD}/model.pt"}
     if config["icd"]["feature_cache"] and wildcards.split == TRAIN_SPLIT:
-        inputs["features"] = f"{RES}/features/{TRAIN_SPLIT}.h5"
+        inputs["features"] = f"{FEATURES}/{TRAIN_SPLIT}.h5"
     return inputs
 
 

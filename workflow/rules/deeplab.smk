@@ -1,12 +1,12 @@
-# Stage "deeplab": the segmentation network trained on ICD+CRF pseudo-masks ("pseudo") and,
-# with the same recipe and budget, on the ground-truth masks ("full", the upper bound).
-# A third target, "saliency" (ICD+saliency seeds), is built on request (the benchmark does).
-
-DEEPLAB_TARGETS = ["pseudo", "full"]
+# Stage "deeplab": the segmentation network trained on the pseudo-masks ("pseudo", in the
+# experiment's folder) and, with the same recipe and budget, on the ground-truth masks ("full",
+# the upper bound; shared by the experiments whose DeepLab settings agree, DEEPLAB_FULL, and
+# built only when every training image has a mask). A third target, "saliency" (ICD+saliency
+# seeds), is built on request (the benchmark does).
 
 
 wildcard_constraints:
-    target="pseudo|full|saliency",
+    target="pseudo|saliency",
 
 
 rule train_deeplab:
@@ -36,7 +36,7 @@ rule train_deeplab:
     params:
         out=lambda w, output: os.path.dirname(output.model),
         split=TRAIN_SPLIT,
-        cfg=stage_config("seed", "device", "deeplab"),
+        cfg=lambda w: deeplab_train_config(w.get("target", "full")),
         code=code_hash(
             "stages/train_deeplab.py", "models", "viz.py", "feature_cache.py"
         ),
@@ -47,6 +47,24 @@ rule train_deeplab:
         "python -m icd_pipeline.misc.launch --nproc {resources.gpu} icd_pipeline.stages.train_deeplab --config-json {params.cfg:q}"
         " --data-root {params.root} --split {params.split} {params.mask_dir}{params.cache}"
         " --out-dir {params.out} > {log} 2>&1"
+
+
+use rule train_deeplab as train_deeplab_full with:
+    input:
+        unpack(full_supervision_inputs),
+    output:
+        model=f"{DEEPLAB_FULL}/model.pt",
+        metrics=f"{DEEPLAB_FULL}/metrics.csv",
+        curve=report(
+            f"{DEEPLAB_FULL}/loss_curve.png",
+            caption="../report/deeplab_loss_curve.rst",
+            category="3. DeepLab",
+            labels={"trained on": "full"},
+        ),
+    log:
+        f"{DATA_LOGS}/train_deeplab_{DEEPLAB_FULL_KEY}.log",
+    benchmark:
+        f"{DATA_BENCH}/train_deeplab_{DEEPLAB_FULL_KEY}.tsv"
 
 
 rule infer_deeplab:
@@ -69,7 +87,7 @@ rule infer_deeplab:
         gpu=1,
     params:
         split=EVAL_SPLIT,
-        cfg=stage_config("device", "deeplab", "pseudo_masks"),
+        cfg=lambda w: deeplab_infer_config(w.get("target", "full")),
         code=code_hash(
             "stages/infer_deeplab.py",
             "inference.py",
@@ -85,12 +103,22 @@ rule infer_deeplab:
         " --out-json {output.summary} > {log} 2>&1"
 
 
+use rule infer_deeplab as infer_deeplab_full with:
+    input:
+        model=f"{DEEPLAB_FULL}/model.pt",
+    output:
+        predictions=directory(f"{DEEPLAB_FULL}/predictions"),
+        per_class=f"{DEEPLAB_FULL}/per_class.csv",
+        summary=f"{DEEPLAB_FULL}/summary.json",
+    log:
+        f"{DATA_LOGS}/infer_deeplab_{DEEPLAB_FULL_KEY}.log",
+    benchmark:
+        f"{DATA_BENCH}/infer_deeplab_{DEEPLAB_FULL_KEY}.tsv"
+
+
 rule deeplab_pictures:
     input:
-        pseudo=f"{RES}/deeplab/pseudo/predictions",
-        full=f"{RES}/deeplab/full/predictions",
-        per_class_pseudo=f"{RES}/deeplab/pseudo/per_class.csv",
-        per_class_full=f"{RES}/deeplab/full/per_class.csv",
+        unpack(deeplab_picture_inputs),
     output:
         grid=report(
             f"{RES}/deeplab/grid.png",
@@ -116,14 +144,18 @@ rule deeplab_pictures:
         split=EVAL_SPLIT,
         code=code_hash("stages/deeplab_pictures.py", "viz.py"),
         root=lambda w: data_root(),
+        full=lambda w, input: (
+            f" --pred-full {input.full} --per-class-full {input.per_class_full}"
+            if "full" in input.keys()
+            else ""
+        ),
     shell:
         "python -m icd_pipeline.stages.deeplab_pictures --data-root {params.root} --split {params.split}"
-        " --pred-pseudo {input.pseudo} --pred-full {input.full}"
-        " --per-class-pseudo {input.per_class_pseudo} --per-class-full {input.per_class_full}"
+        " --pred-pseudo {input.pseudo} --per-class-pseudo {input.per_class_pseudo}{params.full}"
         " --out-grid {output.grid} --out-bars {output.bars} > {log} 2>&1"
 
 
 rule deeplab:
     input:
-        expand(f"{RES}/deeplab/{{target}}/summary.json", target=DEEPLAB_TARGETS),
         rules.deeplab_pictures.output,
+        deeplab_summaries(),

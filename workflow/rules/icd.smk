@@ -1,9 +1,9 @@
 # Stages "icd" (superpixels + classifier/ICD training) and "maps" (CAM/ICD logits to HDF5).
 
 
-# Superpixels depend on the data and the superpixel settings only: shared by the experiments
-# of a dataset, one folder per setting (superpixel_key()).
-SUPERPIXELS = f"{DATA_RES}/superpixels/{superpixel_key()}"
+# Every output here depends on part of the settings only, and is shared by the experiments of
+# a dataset that agree on that part: one folder per setting (common.smk: SUPERPIXELS,
+# FEATURES, ICD, MAPS), with the key in the names of its log and benchmark files.
 
 
 rule superpixels:
@@ -35,11 +35,11 @@ rule feature_cache:
     input:
         manifest=f"{DATA_RES}/data/manifest.json",
     output:
-        h5=f"{RES}/features/{{split}}.h5",
+        h5=f"{FEATURES}/{{split}}.h5",
     log:
-        f"{LOGS}/feature_cache_{{split}}.log",
+        f"{DATA_LOGS}/feature_cache_{FEATURES_KEY}_{{split}}.log",
     benchmark:
-        f"{BENCH}/feature_cache_{{split}}.tsv"
+        f"{DATA_BENCH}/feature_cache_{FEATURES_KEY}_{{split}}.tsv"
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
@@ -61,22 +61,22 @@ rule train_icd:
     input:
         unpack(icd_training_inputs),
     output:
-        model=f"{RES}/icd/model.pt",
+        model=f"{ICD}/model.pt",
         metrics=report(
-            f"{RES}/icd/metrics.csv",
+            f"{ICD}/metrics.csv",
             caption="../report/icd_metrics.rst",
             category="1. ICD training",
         ),
         curve=report(
-            f"{RES}/icd/loss_curve.png",
+            f"{ICD}/loss_curve.png",
             caption="../report/icd_loss_curve.rst",
             category="1. ICD training",
         ),
-        classifier=f"{RES}/icd/classifier.json",
+        classifier=f"{ICD}/classifier.json",
     log:
-        f"{LOGS}/train_icd.log",
+        f"{DATA_LOGS}/train_icd_{ICD_KEY}.log",
     benchmark:
-        f"{BENCH}/train_icd.tsv"
+        f"{DATA_BENCH}/train_icd_{ICD_KEY}.tsv"
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
@@ -111,11 +111,11 @@ rule extract_maps:
     input:
         unpack(maps_inputs),
     output:
-        h5=f"{RES}/maps/{{split}}.h5",
+        h5=f"{MAPS}/{{split}}.h5",
     log:
-        f"{LOGS}/extract_maps_{{split}}.log",
+        f"{DATA_LOGS}/extract_maps_{MAPS_KEY}_{{split}}.log",
     benchmark:
-        f"{BENCH}/extract_maps_{{split}}.tsv"
+        f"{DATA_BENCH}/extract_maps_{MAPS_KEY}_{{split}}.tsv"
     priority: CHAIN_PRIORITY
     conda:
         "../../envs/icd-pipeline.yaml"
@@ -144,4 +144,4 @@ rule icd:
 
 rule maps:
     input:
-        f"{RES}/maps/{TRAIN_SPLIT}.h5",
+        f"{MAPS}/{TRAIN_SPLIT}.h5",

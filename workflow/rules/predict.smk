@@ -9,7 +9,7 @@ PREDICT_MODEL = config["predict"]["model"]
 
 rule predict_images:
     input:
-        model=f"{RES}/deeplab/{PREDICT_MODEL}/model.pt",
+        model=f"{deeplab_dir(PREDICT_MODEL)}/model.pt",
         images=predict_images,
     output:
         summary=f"{RES}/predict/{PREDICT_MODEL}/summary.json",

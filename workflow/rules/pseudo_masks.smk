@@ -4,7 +4,7 @@
 
 rule make_pseudo_masks:
     input:
-        maps=f"{RES}/maps/{TRAIN_SPLIT}.h5",
+        maps=f"{MAPS}/{TRAIN_SPLIT}.h5",
     output:
         masks=directory(f"{RES}/pseudo_masks/masks"),
     log:
@@ -63,7 +63,7 @@ rule eval_pseudo_masks:
 
 rule pseudo_mask_pictures:
     input:
-        maps=f"{RES}/maps/{TRAIN_SPLIT}.h5",
+        maps=f"{MAPS}/{TRAIN_SPLIT}.h5",
         masks=rules.make_pseudo_masks.output.masks,
     output:
         grid=report(
@@ -92,5 +92,5 @@ rule pseudo_mask_pictures:
 
 rule pseudo_masks:
     input:
-        rules.eval_pseudo_masks.output,
         rules.pseudo_mask_pictures.output,
+        rules.eval_pseudo_masks.output if SCORE_PSEUDO_MASKS else [],

@@ -4,15 +4,7 @@
 
 rule summarize:
     input:
-        table=rules.eval_pseudo_masks.output.table,
-        deeplab_pseudo=f"{RES}/deeplab/pseudo/summary.json",
-        deeplab_full=f"{RES}/deeplab/full/summary.json",
-        classifier=f"{RES}/icd/classifier.json",
-        pseudo_per_class=rules.eval_pseudo_masks.output.per_class,
-        deeplab_pseudo_per_class=f"{RES}/deeplab/pseudo/per_class.csv",
-        deeplab_full_per_class=f"{RES}/deeplab/full/per_class.csv",
-        pictures=rules.deeplab_pictures.output,
-        grid=rules.pseudo_mask_pictures.output.grid,
+        unpack(summary_inputs),
     output:
         md=f"{RES}/report/summary.md",
         csv=report(
@@ -20,6 +12,7 @@ rule summarize:
             caption="../report/summary.rst",
             category="4. Summary",
         ),
+        html=f"{RES}/report.html",
     log:
         f"{LOGS}/summarize.log",
     benchmark:
@@ -31,28 +24,21 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        dataset=f"{DATASET}/{EXPERIMENT}",
+        experiment=lambda w, output: os.path.dirname(output.html),
         code=code_hash("stages/summarize.py", "summary.py"),
-        bench=[DATA_BENCH, BENCH],
-        masks=pseudo_mask_folder(),
     shell:
-        "python -m icd_pipeline.stages.summarize --dataset {params.dataset} --deeplab-masks {params.masks}"
-        " --pseudo-table {input.table} --deeplab-pseudo {input.deeplab_pseudo}"
-        " --deeplab-full {input.deeplab_full} --benchmarks {params.bench}"
-        " --classifier {input.classifier} --pseudo-per-class {input.pseudo_per_class}"
-        " --deeplab-pseudo-per-class {input.deeplab_pseudo_per_class}"
-        " --deeplab-full-per-class {input.deeplab_full_per_class}"
-        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "python -m icd_pipeline.stages.summarize --experiment {params.experiment} > {log} 2>&1"
 
 
 rule report:
     input:
         rules.summarize.output,
-        f"{RES}/resolved_config.yaml",
 
 
 # The experiment's resolved config (each leaf with its origin), beside its results: compare
 # diffs these, and the file as --configfile reproduces the run (it starts with `base: paper`).
+# outputs.json beside it says where the experiment's shared outputs are and which figures
+# could not be computed, and why (summary.load_run reads the run through it).
 localrules:
     resolved_config,
     compare,
@@ -60,7 +46,8 @@ localrules:
 
 rule resolved_config:
     output:
-        f"{RES}/resolved_config.yaml",
+        config=f"{RES}/resolved_config.yaml",
+        outputs=f"{RES}/outputs.json",
     log:
         f"{LOGS}/resolved_config.log",
     benchmark:
@@ -74,10 +61,12 @@ rule resolved_config:
     params:
         cfg=json.dumps(config, separators=(",", ":")),
         origins=json.dumps(CONFIG_ORIGINS, sort_keys=True, separators=(",", ":")),
+        outputs=json.dumps(run_outputs(), sort_keys=True, separators=(",", ":")),
         code=code_hash("stages/resolved_config.py"),
     shell:
         "python -m icd_pipeline.stages.resolved_config --config-json {params.cfg:q}"
-        " --origins-json {params.origins:q} --out {output} > {log} 2>&1"
+        " --origins-json {params.origins:q} --out {output.config}"
+        " --outputs-json {params.outputs:q} --out-outputs {output.outputs} > {log} 2>&1"
 
 
 rule compare:
