@@ -29,6 +29,11 @@ config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
+if DATASET is None:  # null names the results after the folder (icd_pipeline.config), which needs root
+    raise WorkflowError(
+        "dataset.root must name the dataset folder when dataset.source is 'folder', e.g. "
+        "--config 'dataset={root: /path/to/photos}'"
+    )
 EXPERIMENT = config["experiment"]
 # Shared by every experiment of a dataset: the data (and downloads), the superpixels of each
 # superpixel setting, and those stages' logs and benchmarks.
@@ -98,10 +103,8 @@ def deeplab_threads():
 
 
 def data_root():
-    """The VOC-layout folder the stages read: generated/prepared under results/, or the
-    user's own folder for dataset.source = folder."""
-    if config["dataset"]["source"] == "folder":
-        return config["dataset"]["root"]
+    """The VOC-layout folder the stages read: generated/prepared under results/, or for
+    dataset.source = folder the view of the user's folder the data stage built there."""
     return f"{DATA_RES}/data"
 
 
