@@ -484,8 +484,7 @@ def scan_folder(dataset: dict) -> FolderScan:
             if labels is not None and image_id not in labels:
                 ids_labels = voc.labels(image_id)
                 if not ids_labels:
-                    raise DataError(f"{voc.label_origin(image_id)}: no image-level label for {image_id} (listed "
-                                    f"in {where}); an image needs at least one class")
+                    raise voc.no_label_error(image_id, where)
                 labels[image_id] = ids_labels
     return FolderScan(root, "voc", voc.label_source, voc.class_names, splits, split_files, with_mask, labels,
                       voc=voc)

@@ -425,10 +425,14 @@ class VOCLayout:
                 if mask_hw != img_hw:
                     raise DataError(f"{mpath}: mask size {mask_hw} differs from image size {img_hw} ({img})")
         if check_labels and not self.labels(image_id):
-            what = ("the mask holds no object class" if self.label_source == "mask"
-                    else "every class column is 0 or empty" if self.label_source == "csv" else "no object")
-            raise DataError(f"{self.label_origin(image_id)}: no image-level label for {image_id} ({what}); "
-                            f"an image needs at least one class")
+            raise self.no_label_error(image_id, where)
+
+    def no_label_error(self, image_id: str, where: str) -> DataError:
+        """The error for an image without a label: where its labels were looked for, and why."""
+        what = ("the mask holds no object class" if self.label_source == "mask"
+                else "every class column is 0 or empty" if self.label_source == "csv" else "no <object>")
+        return DataError(f"{self.label_origin(image_id)}: no image-level label for {image_id} ({what}; listed "
+                         f"in {where}); an image needs at least one class")
 
 
 def _read_label_csv(path: Path, class_names: Sequence[str], lines: dict[str, int] | None = None
