@@ -109,6 +109,8 @@ def coerce_cli_strings(config, schema: dict | None = None):
     if isinstance(config, str):
         types = schema.get("type", [])
         types = [types] if isinstance(types, str) else types
+        if "null" in types and config in ("null", "Null", "NULL", "~"):
+            return None  # YAML's null, also where a string is allowed (dataset.name: null)
         if "string" in types or not types:
             return config
         try:
