@@ -29,7 +29,8 @@ config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
-if DATASET is None:  # null names the results after the folder (icd_pipeline.config), which needs root
+# a null dataset.name stands for the folder's name (icd_pipeline.config), which needs the folder
+if DATASET is None:
     raise WorkflowError(
         "dataset.root must name the dataset folder when dataset.source is 'folder', e.g. "
         "--config 'dataset={root: /path/to/photos}'"
