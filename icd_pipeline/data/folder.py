@@ -490,6 +490,20 @@ def scan_folder(dataset: dict) -> FolderScan:
                       voc=voc)
 
 
+def watched_files(dataset: dict) -> list[str]:
+    """The files of the folder ``dataset.root`` whose edits must rebuild the view (the data
+    stage's inputs): ``labels.csv`` (plain), or the train and eval split lists,
+    ``image_labels.csv`` and ``dataset.json`` (VOC layout). Those that exist; never raises (an
+    unusable folder is the data stage's and the checks' to name)."""
+    if not dataset.get("root"):
+        return []
+    root = Path(dataset["root"])
+    names = [LABELS_FILE, "image_labels.csv", "dataset.json"] + [
+        f"ImageSets/Segmentation/{dataset.get(key, default)}.txt"
+        for key, default in (("train_split", "train"), ("eval_split", "val"))]
+    return [str(root / n) for n in dict.fromkeys(names) if (root / n).is_file()]
+
+
 def empty_classes(scan: FolderScan, split: str) -> list[str] | None:
     """Object classes without an image in ``split``; None when the labels are not known without
     decoding (they come from the masks)."""

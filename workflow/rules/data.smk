@@ -132,7 +132,12 @@ elif SOURCE == "coco2014":
 
 else:
 
+    from icd_pipeline.data.folder import watched_files
+
     rule validate_dataset:
+        input:
+            # an edit of the folder's label file or split lists rebuilds the view
+            watched=lambda w: watched_files(config["dataset"]),
         output:
             manifest=f"{DATA_RES}/data/manifest.json",
         log:
