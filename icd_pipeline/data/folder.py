@@ -95,7 +95,8 @@ def detect_layout(root: str | Path) -> str:
     folder and both markers when it has neither or both."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist (dataset.root)")
+        raise DataError(f"{root}: dataset folder does not exist (dataset.root)" if not root.exists()
+                        else f"{root}: not a folder (dataset.root names the dataset folder)")
     voc, plain = (root / "JPEGImages").is_dir(), (root / LABELS_FILE).is_file()
     if voc and plain:
         raise DataError(f"{root}: has both JPEGImages/ (VOC layout) and {LABELS_FILE} (a plain folder): "
@@ -329,10 +330,12 @@ def read_plain_folder(root: str | Path, dataset: dict) -> PlainFolder:
         split_from = "val_fraction"
     splits = {s: [im.image_id for im in images if im.split == s] for s in split_names}
     for s, ids in splits.items():
+        if not ids and has_split:
+            raise DataError(f"{path}: split {s!r} is empty (no row has split {s!r}): mark some rows {s!r}, or "
+                            f"drop the split column to hold out dataset.val_fraction of the images")
         if not ids:
-            how = (f"no row has split {s!r}" if has_split else "")
-            raise DataError(f"{path}: split {s!r} is empty ({how}); mark some rows {s!r}, or drop the split column "
-                            f"to hold out dataset.val_fraction of the images")
+            raise DataError(f"{path}: no image can be held out as {s!r}: each holds the only training image of "
+                            f"a class; add images, or give a split column")
     return PlainFolder(root, tuple(class_names), images, splits, split_from, by_id)
 
 
@@ -591,8 +594,8 @@ def build_view(dataset: dict, out_dir: str | Path, progress: bool = True) -> dic
     as it was (and absent when it was)."""
     root = _root_of(dataset)
     out_dir = Path(out_dir)
-    scan = scan_folder(dataset)
     _refuse_unsafe_out(root, out_dir)
+    scan = scan_folder(dataset)
     train = dataset.get("train_split", "train")
     converted: dict = {}
     if scan.layout == "plain":
