@@ -320,6 +320,11 @@ def test_image_without_a_row(folder, tmp_path, capsys):
     shutil.copy(folder / "photo_002.jpeg", folder / ".thumbs/x.jpg")  # hidden: not an image of the dataset
     refused(folder, capsys, tmp_path, f"{folder / 'labels.csv'}: 1 image(s) in {folder} have no row, so no "
                                       f"label: field/stray.JPG")
+    (folder / "field/stray.JPG").unlink()
+    with open(folder / "labels.csv", "a") as fh:
+        fh.write(".thumbs/x.jpg,red_solid\n")
+    refused(folder, capsys, tmp_path, f"{folder / '.thumbs/x.jpg'}: image listed in {folder / 'labels.csv'}:{N + 2} "
+                                      f"is hidden")
 
 
 @pytest.mark.parametrize("folder", ["plain"], indirect=True)

@@ -181,9 +181,6 @@ class PlainFolder:
     def mask_path(self, image_id: str) -> Path:
         return self.root / MASKS_DIR / PurePosixPath(self.by_id[image_id].relative).with_suffix(".png")
 
-    def where(self, image_id: str) -> str:
-        return f"{self.labels_path}:{self.by_id[image_id].line}"
-
 
 def _scan_images(root: Path) -> list[str]:
     """Image files below ``root`` (relative POSIX paths, sorted): hidden files and folders and
@@ -274,7 +271,9 @@ def read_plain_folder(root: str | Path, dataset: dict) -> PlainFolder:
             raise DataError(f"{path}:{line}: image {rel!r} appears twice (first on line {first_line[rel]})")
         first_line[rel] = line
         if rel not in on_disk:
-            raise DataError(f"{root / rel}: image listed in {path}:{line} is missing")
+            hidden = (root / rel).is_file()
+            raise DataError(f"{root / rel}: image listed in {path}:{line} "
+                            + ("is hidden (a name starting with '.'): rename it" if hidden else "is missing"))
         names = row["labels"].split()
         if not names:
             raise DataError(f"{path}:{line}: image {rel!r} has no label (the labels column is empty); an image "
