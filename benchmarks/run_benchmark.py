@@ -254,6 +254,8 @@ def main() -> int:
     cfg = load_config(files)
     if SAMPLE_ROOT:
         cfg["dataset"]["root"] = SAMPLE_ROOT
+        # the preset names results after the folder (VOC2012); the benchmark's stay under the sample's name
+        cfg["dataset"]["name"] = "voc2012-sample"
         if ARGS.sample_lists == "animals":
             SPLITS.update(train_split="train_animals", eval_split="val_animals")
             cfg["dataset"].update(SPLITS)

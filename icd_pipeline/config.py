@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ SCHEMA_ORIGIN = "schema default (paper)"
 CLI_ORIGIN = "command line"
 BASE_KEY = "base"  # layer directive, not a config key: `base: paper` drops earlier layers
 BASES = ("paper", "inherit")
+# dataset.name when it is null: the source's own name, or the folder's name (source folder)
+DEFAULT_DATASET_NAMES = {"synthetic": "embedded", "voc2012": "voc2012", "coco2014": "coco2014"}
 
 
 @lru_cache(maxsize=1)
@@ -106,6 +109,8 @@ def coerce_cli_strings(config, schema: dict | None = None):
     if isinstance(config, str):
         types = schema.get("type", [])
         types = [types] if isinstance(types, str) else types
+        if "null" in types and config in ("null", "Null", "NULL", "~"):
+            return None  # YAML's null, also where a string is allowed (dataset.name: null)
         if "string" in types or not types:
             return config
         try:
@@ -211,8 +216,45 @@ def resolve_layers(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]
             set_by[path] = origin
         source = origin
     validate(config, source)
+    derived = resolve_dataset_name(config)
+    if derived:
+        set_by[("dataset", "name")] = derived
     origins = {".".join(path): set_by.get(path, SCHEMA_ORIGIN) for path, _ in _leaves(config)}
     return config, origins
+
+
+def default_dataset_name(dataset: dict) -> str | None:
+    """The name ``dataset.name: null`` stands for: ``embedded``, ``voc2012`` or ``coco2014`` for
+    those sources; for ``source: folder`` the name of the folder ``dataset.root`` (characters
+    other than letters, digits, ``.``, ``_``, ``-`` replaced by ``_``), None while root is unset.
+    Results go to ``results/<name>/``."""
+    source = dataset.get("source", "synthetic")
+    if source != "folder":
+        return DEFAULT_DATASET_NAMES[source]
+    root = dataset.get("root")
+    if not root:
+        return None
+    base = os.path.basename(os.path.normpath(os.path.abspath(os.path.expanduser(str(root)))))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", base)
+    if name in ("", ".", ".."):
+        return "dataset"
+    return "_" + name[1:] if name.startswith(".") else name
+
+
+def resolve_dataset_name(config: dict) -> str | None:
+    """Fill a null ``dataset.name`` (in place) with :func:`default_dataset_name`; return the
+    origin to show for it, or None when nothing was filled (set by a layer, or not derivable:
+    source folder without root, which the workflow refuses)."""
+    dataset = config["dataset"]
+    if dataset.get("name") is not None:
+        return None
+    name = default_dataset_name(dataset)
+    if name is None:
+        return None
+    dataset["name"] = name
+    if dataset["source"] == "folder":
+        return "derived: the folder name of dataset.root"
+    return f"derived: the default of dataset.source {dataset['source']}"
 
 
 def file_layer(path: str | Path, label: str | None = None) -> tuple[str, dict]:

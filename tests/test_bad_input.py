@@ -60,22 +60,22 @@ def _xml_without_objects(root):
 @pytest.mark.parametrize("fault", [_truncate, _mask_out_of_range, _missing_image, _empty_split, _xml_without_objects])
 def test_dataset_faults_fail_validation_naming_the_file(voc, tmp_path, capsys, fault):
     name, problem = fault(voc)
-    out = tmp_path / "results" / "mine" / "data" / "manifest.json"
+    out = tmp_path / "results" / "mine" / "data"
     cfg = json.dumps({"dataset": {"name": "mine", "source": "folder", "root": str(voc), "train_split": "train",
                                   "eval_split": "train"}})
     capsys.readouterr()
-    assert validate_dataset.main(["--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 1
+    assert validate_dataset.main(["--config-json", cfg, "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and name in err and problem in err, err
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
 
 
 def test_clean_dataset_validates(voc, tmp_path):
-    out = tmp_path / "manifest.json"
+    out = tmp_path / "data"
     cfg = json.dumps({"dataset": {"name": "mine", "source": "folder", "root": str(voc), "train_split": "train",
                                   "eval_split": "train"}})
-    assert validate_dataset.main(["--config-json", cfg, "--out-manifest", str(out), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["splits"] == {"train": 9}
+    assert validate_dataset.main(["--config-json", cfg, "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["splits"] == {"train": 9}
 
 
 def test_truncated_image_during_training_names_the_file(voc, tmp_path, capsys):

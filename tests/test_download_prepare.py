@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -432,45 +433,49 @@ def test_folder_validation_and_missing_image(tmp_path, capsys):
     root = tmp_path / "mydata"
     _voc_folder(root)
     dataset = {"name": "mine", "source": "folder", "root": str(root), "train_split": "train",
-               "eval_split": "val"}
-    manifest_path = tmp_path / "results" / "mine" / "data" / "manifest.json"
-    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
-                         "--no-progress"]) == 0
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest == {"source": "folder", "root": str(root.resolve()), "class_names": list(VOC_CLASSES),
-                        "splits": {"train": 2, "val": 2}}
+               "eval_split": "val", "allow_empty_classes": True}
+    out = tmp_path / "results" / "mine" / "data"
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "folder" and manifest["layout"] == "voc"
+    assert manifest["root"] == str(root.resolve()) and manifest["class_names"] == list(VOC_CLASSES)
+    assert manifest["splits"] == {"train": 2, "val": 2} and manifest["masks"] == {"train": 2, "val": 2}
+    # the view: links to the folder's own, the checked split lists; later stages read it
+    assert (out / "JPEGImages").resolve() == (root / "JPEGImages").resolve()
+    view = VOCLayout.open(out)
+    assert view.ids("val") == VOCLayout.open(root).ids("val") and view.class_names == VOC_CLASSES
 
     missing = root / "JPEGImages" / "2008_000004.jpg"
     missing.unlink()
-    manifest_path.unlink()
+    shutil.rmtree(out)
     capsys.readouterr()
-    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
-                         "--no-progress"]) == 1
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and str(missing) in err
-    assert not manifest_path.exists() and list(manifest_path.parent.iterdir()) == []
+    assert not out.exists() and list(out.parent.iterdir()) == []
 
     # a mask whose size differs from its image is named too
     missing.write_bytes(_jpeg(0))
     write_palette_png(root / "SegmentationClass" / "2008_000003.png", np.zeros((5, 5), np.uint8))
-    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(manifest_path),
-                         "--no-progress"]) == 1
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out", str(out), "--no-progress"]) == 1
     assert "2008_000003.png: mask size" in capsys.readouterr().err
 
     # source folder without dataset.root
     assert validate_dataset.main(["--config-json", _cfg({"source": "folder"}),
-                         "--out-manifest", str(manifest_path), "--no-progress"]) == 1
+                                  "--out", str(out), "--no-progress"]) == 1
     assert "dataset.root" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real VOC sample not at {SAMPLE}")
 def test_real_sample_validates(tmp_path):
     dataset = {"name": "voc2012-sample", "source": "folder", "root": str(SAMPLE),
-               "train_split": "train_small", "eval_split": "val_small"}
-    out = tmp_path / "manifest.json"
-    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out-manifest", str(out),
-                         "--no-progress"]) == 0
-    manifest = json.loads(out.read_text())
+               "train_split": "train_small", "eval_split": "val_small", "allow_empty_classes": True}
+    out = tmp_path / "data"
+    assert validate_dataset.main(["--config-json", _cfg(dataset), "--out", str(out), "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "folder" and manifest["root"] == str(SAMPLE.resolve())
     assert manifest["splits"] == {"train_small": 100, "val_small": 50}
+    assert manifest["masks"] == {"train_small": 100, "val_small": 50}
     assert manifest["class_names"] == list(VOC_CLASSES)
+    assert manifest["images_per_class"]["train_small"]["aeroplane"] == 0  # hence allow_empty_classes
+    assert manifest["images_per_class"]["train_small"]["dog"] == 37  # the sample's README table

@@ -1,3 +1,4 @@
+import os
 import random
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from icd_pipeline.data.voc import (
     parse_xml_labels, read_image, read_mask, split_view, voc_palette, write_palette_png,
 )
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012-sample" / "VOC2012"
+SAMPLE = Path(os.environ.get("ICD_VOC_SAMPLE",
+                             Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012-sample" / "VOC2012"))
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real VOC sample not found at {SAMPLE}")
 
 

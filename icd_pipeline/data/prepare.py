@@ -1,6 +1,5 @@
 """VOC 2012 + SBD -> one VOC-layout folder with SegmentationClassAug and train_aug; COCO
-2014 -> the same layout (``icd_pipeline.data.coco``); and validation of a user's own
-VOC-layout folder.
+2014 -> the same layout (``icd_pipeline.data.coco``). A user's own folder: ``data.folder``.
 
 ``prepare_voc`` builds, atomically (the folder appears complete or not at all)::
 
@@ -14,7 +13,7 @@ VOC-layout folder.
 with ``train_aug = (SBD train ∪ SBD val ∪ VOC train) − VOC val`` (10,582 ids for the real
 data). Only ids on one of the three lists are copied.
 
-Run by the stages ``prepare_voc``, ``prepare_coco`` and ``validate_dataset``.
+Run by the stages ``prepare_voc`` and ``prepare_coco``.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from icd_pipeline.data.voc import (
     VOC_CLASSES,
     VOID,
     DataError,
-    VOCLayout,
     image_size,
     parse_xml_labels,
     read_split,
@@ -165,23 +163,4 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, out_dir: str | Path,
     log.info("%s: %d images (%d files hard-linked, %d copied), %d official masks, %d SBD masks",
              out_dir, len(all_ids), linked, copied, official, from_sbd)
     return manifest
-
-
-def validate_folder(root: str | Path, splits: list[str], progress: bool = True) -> dict:
-    """Validate a VOC-layout folder for ``splits``; return its manifest (nothing written)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist")
-    layout = VOCLayout.open(root)
-    counts: dict[str, int] = {}
-    for split in progress_bar(list(dict.fromkeys(splits)), desc="validate", unit=" splits", file=sys.stderr,
-                      disable=not progress):
-        counts[split] = len(layout.validate(split))
-        log.info("%s: split %s ok (%d images)", root, split, counts[split])
-    return {
-        "source": "folder",
-        "root": str(root.resolve()),
-        "class_names": list(layout.class_names),
-        "splits": counts,
-    }
 

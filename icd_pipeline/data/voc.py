@@ -1,14 +1,18 @@
 """PASCAL VOC layout: class names, palette, split lists, labels, masks and torch Datasets.
 
-One reader serves real VOC 2012, the embedded (synthetic) dataset and any folder in VOC
-layout::
+One reader serves real VOC 2012, the embedded (synthetic) dataset, COCO and the view the data
+stage builds of a user's own folder (``data.folder``)::
 
-    root/JPEGImages/<id>.jpg
+    root/JPEGImages/<id>.jpg             or .jpeg .png .bmp .webp (any case)
     root/SegmentationClassAug/<id>.png   (preferred when present)
     root/SegmentationClass/<id>.png
     root/Annotations/<id>.xml            (image-level labels), or root/image_labels.csv
     root/ImageSets/Segmentation/<split>.txt
     root/dataset.json                    (optional: class names; VOC's 20 classes otherwise)
+
+Image-level labels come from ``Annotations/`` when it exists, else ``image_labels.csv``, else
+the masks. They are read strictly: an unknown class name or column, a CSV value other than
+0, 1 or empty, a duplicate id is a DataError naming ``FILE:LINE`` and the value.
 
 Class ids follow VOC: 0 is background, 1..K are object classes, 255 is void. Image-level
 labels are K-dim multi-hot vectors over the object classes (index c-1 for class id c).
@@ -21,7 +25,7 @@ import json
 import os
 import random
 import shutil
-import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +46,9 @@ VOID = 255
 # backbone's normalisation (the authors pad with their mean, 127, for the same reason).
 PAD_RGB = (0.485, 0.456, 0.406)
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+# image files read everywhere (JPEGImages/, a plain folder, predict's folder), lower case
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LABEL_VALUES_HINT = "values are 0, 1 or empty"
 
 
 class DataError(ValueError):
@@ -131,15 +138,30 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
-def read_split(path: str | Path) -> list[str]:
-    """One id per line; blank lines ignored. An empty or missing list is an error."""
+def read_split_lines(path: str | Path) -> list[tuple[str, int]]:
+    """(id, line number) per non-blank line (the first word: VOC's main lists add a flag). A
+    missing or empty list, or an id listed twice, is an error naming the file (and lines)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split list is missing")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
+    entries, seen = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if image_id in seen:
+            raise DataError(f"{path}:{number}: id {image_id!r} is listed twice (first on line {seen[image_id]})")
+        seen[image_id] = number
+        entries.append((image_id, number))
+    if not entries:
         raise DataError(f"{path}: split list is empty")
-    return ids
+    return entries
+
+
+def read_split(path: str | Path) -> list[str]:
+    """One id per line; blank lines ignored. An empty or missing list, or a duplicate id, is
+    an error."""
+    return [image_id for image_id, _ in read_split_lines(path)]
 
 
 def split_view(data_root: str | Path, view: str | Path, splits: dict[str, Sequence[str]]) -> Path:
@@ -159,31 +181,62 @@ def split_view(data_root: str | Path, view: str | Path, splits: dict[str, Sequen
     return view
 
 
+def _xml_objects(path: Path) -> list[dict]:
+    """The ``<object>`` elements of a VOC annotation: {"line", "name": (text, line) or None,
+    "difficult": (text, line) or None}, with only the object's own children (a ``<part>``'s
+    ``<name>`` is not the object's). expat, for the line numbers ElementTree drops."""
+    parser = expat.ParserCreate()
+    stack: list[str] = []
+    objects: list[dict] = []
+    text: list[str] = []
+    start_line = [0]
+
+    def start(tag, attrs):
+        stack.append(tag)
+        text.clear()
+        start_line[0] = parser.CurrentLineNumber
+        if tag == "object":
+            objects.append({"line": parser.CurrentLineNumber, "name": None, "difficult": None})
+
+    def end(tag):
+        if tag in ("name", "difficult") and len(stack) >= 2 and stack[-2] == "object":
+            objects[-1][tag] = ("".join(text).strip(), start_line[0])
+        stack.pop()
+        text.clear()
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text.append
+    try:
+        parser.Parse(path.read_bytes(), True)
+    except expat.ExpatError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed XML ({expat.ErrorString(exc.code)})") from exc
+    return objects
+
+
 def parse_xml_labels(path: str | Path, class_names: Sequence[str]) -> list[int]:
     """Class ids (1-based) of the objects in a VOC XML annotation, sorted and unique.
 
     Non-difficult objects only, falling back to the difficult ones when an image has no
-    other (as the ICD authors' loader does).
+    other (as the ICD authors' loader does). An unknown class name, a ``<difficult>`` other
+    than 0, 1 or empty, an ``<object>`` without ``<name>`` is an error naming ``FILE:LINE``.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: annotation file is missing")
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise DataError(f"{path}: malformed XML ({exc})") from exc
     index = {name: i for i, name in enumerate(class_names)}
     easy, difficult = set(), set()
-    for obj in root.iter("object"):
-        name_node = obj.find("name")
-        if name_node is None or not (name_node.text or "").strip():
-            raise DataError(f"{path}: <object> without <name>")
-        name = name_node.text.strip()
+    for obj in _xml_objects(path):
+        if obj["name"] is None or not obj["name"][0]:
+            raise DataError(f"{path}:{obj['line']}: <object> without <name>")
+        name, line = obj["name"]
         if name not in index or index[name] == 0:
-            raise DataError(f"{path}: unknown class name {name!r}")
-        diff = obj.find("difficult")
-        is_difficult = diff is not None and (diff.text or "0").strip() == "1"
-        (difficult if is_difficult else easy).add(index[name])
+            raise DataError(f"{path}:{line}: unknown class name {name!r} (the classes: "
+                            f"{', '.join(class_names[1:])})")
+        flag = obj["difficult"][0] if obj["difficult"] is not None else ""
+        if flag not in ("", "0", "1"):
+            raise DataError(f"{path}:{obj['difficult'][1]}: <difficult> is {flag!r}: {LABEL_VALUES_HINT}")
+        (difficult if flag == "1" else easy).add(index[name])
     labels = easy or difficult
     if not labels:
         raise DataError(f"{path}: annotation has no <object>: no image-level label can be derived")
@@ -203,6 +256,29 @@ def multi_hot(class_ids: Sequence[int], num_fg: int) -> np.ndarray:
     return vec
 
 
+def read_class_names(root: str | Path) -> tuple[str, ...]:
+    """``root/dataset.json``'s ``class_names`` (background first, unique), else VOC's."""
+    meta = Path(root) / "dataset.json"
+    if not meta.is_file():
+        return VOC_CLASSES
+    try:
+        names = json.loads(meta.read_text())["class_names"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{meta}: expected a JSON object with 'class_names' ({exc})") from exc
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DataError(f"{meta}: class_names must be a list of names")
+    if not names or names[0] != "background":
+        raise DataError(f"{meta}: class_names must start with 'background'")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{meta}: class name(s) {twice} listed twice")
+    return tuple(names)
+
+
+def _suffixes_text() -> str:
+    return ", ".join(IMAGE_SUFFIXES)
+
+
 @dataclass
 class VOCLayout:
     """A dataset folder in VOC layout. ``mask_dir`` and ``label_source`` are resolved once."""
@@ -212,33 +288,27 @@ class VOCLayout:
     mask_dir: Path | None = None
     label_source: str = "xml"  # "xml" | "csv" | "mask"
     _csv_labels: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _csv_lines: dict[str, int] = field(default_factory=dict, repr=False)
+    _image_files: dict[str, list[Path]] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, root: str | Path, label_source: str = "auto") -> "VOCLayout":
+    def open(cls, root: str | Path, label_source: str = "auto",
+             class_names: Sequence[str] | None = None) -> "VOCLayout":
+        """``class_names`` (background first) overrides ``dataset.json``."""
         root = Path(root)
         if not (root / "JPEGImages").is_dir():
             raise DataError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
-        class_names = VOC_CLASSES
-        meta = root / "dataset.json"
-        if meta.is_file():
-            try:
-                names = json.loads(meta.read_text())["class_names"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise DataError(f"{meta}: expected a JSON object with 'class_names' ({exc})") from exc
-            if not names or names[0] != "background":
-                raise DataError(f"{meta}: class_names must start with 'background'")
-            class_names = tuple(names)
+        class_names = read_class_names(root) if class_names is None else tuple(class_names)
         mask_dir = None
         for name in ("SegmentationClassAug", "SegmentationClass"):
             if (root / name).is_dir():
                 mask_dir = root / name
                 break
         layout = cls(root=root, class_names=class_names, mask_dir=mask_dir)
-        csv_path = root / "image_labels.csv"
         if label_source == "auto":
             if (root / "Annotations").is_dir():
                 label_source = "xml"
-            elif csv_path.is_file():
+            elif layout.csv_path.is_file():
                 label_source = "csv"
             elif mask_dir is not None:
                 label_source = "mask"
@@ -247,7 +317,7 @@ class VOCLayout:
                     f"{root}: no Annotations/, image_labels.csv or masks: image labels cannot be derived"
                 )
         if label_source == "csv":
-            layout._csv_labels = _read_label_csv(csv_path, class_names)
+            layout._csv_labels = _read_label_csv(layout.csv_path, class_names, lines=layout._csv_lines)
         layout.label_source = label_source
         return layout
 
@@ -260,14 +330,41 @@ class VOCLayout:
     def num_fg(self) -> int:
         return len(self.class_names) - 1
 
+    @property
+    def csv_path(self) -> Path:
+        return self.root / "image_labels.csv"
+
     def split_path(self, split: str) -> Path:
         return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
 
     def ids(self, split: str) -> list[str]:
         return read_split(self.split_path(split))
 
+    def image_files(self) -> dict[str, list[Path]]:
+        """id -> its image files in JPEGImages/ (any of IMAGE_SUFFIXES, any case; more than one
+        is an ambiguity :meth:`validate` refuses). One listing, kept."""
+        if self._image_files is None:
+            folder = self.root / "JPEGImages"
+            index: dict[str, list[Path]] = {}
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    stem, suffix = os.path.splitext(entry.name)
+                    if suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith("."):
+                        index.setdefault(stem, []).append(folder / entry.name)
+            for paths in index.values():
+                paths.sort()
+            self._image_files = index
+        return self._image_files
+
     def image_path(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+        """``JPEGImages/<id>.jpg``, else the one file of ``<id>`` with another image extension."""
+        jpg = self.root / "JPEGImages" / f"{image_id}.jpg"
+        if jpg.is_file():
+            return jpg
+        found = self.image_files().get(image_id)
+        if not found:
+            raise DataError(f"{jpg}: image is missing (looked for {_suffixes_text()}, any case)")
+        return found[0]
 
     def mask_path(self, image_id: str) -> Path:
         if self.mask_dir is None:
@@ -288,50 +385,120 @@ class VOCLayout:
             return parse_xml_labels(self.root / "Annotations" / f"{image_id}.xml", self.class_names)
         if self.label_source == "csv":
             if image_id not in self._csv_labels:
-                raise DataError(f"{self.root / 'image_labels.csv'}: no row for id {image_id}")
+                raise DataError(f"{self.csv_path}: no row for id {image_id}")
             return self._csv_labels[image_id]
         return labels_from_mask(read_mask(self.mask_path(image_id), self.num_classes), self.num_classes)
 
+    def label_origin(self, image_id: str) -> str:
+        """Where the labels of ``image_id`` are read (a file, with its line for the CSV)."""
+        if self.label_source == "xml":
+            return str(self.root / "Annotations" / f"{image_id}.xml")
+        if self.label_source == "csv":
+            return f"{self.csv_path}:{self._csv_lines[image_id]}" if image_id in self._csv_lines \
+                else str(self.csv_path)
+        return (f"{self.mask_path(image_id)} (labels come from the masks: {self.root} has no Annotations/ "
+                f"and no image_labels.csv)")
+
     def validate(self, split: str, check_masks: bool = True, check_labels: bool = True,
-                 decode_images: bool = True) -> list[str]:
+                 decode_images: bool = True, require_masks: bool = True) -> list[str]:
         """Check every listed id up front; raise DataError naming the first bad file. With
         ``decode_images`` every image is decoded in full, so a truncated JPEG fails here and
-        not hours into training (about 5 ms per VOC image)."""
-        ids = self.ids(split)
-        for image_id in ids:
+        not hours into training (about 5 ms per VOC image). ``require_masks`` False: an id
+        without a mask file passes (its mask, where there is one, is still checked)."""
+        entries = read_split_lines(self.split_path(split))
+        for image_id, line in entries:
+            where = f"{self.split_path(split)}:{line}"
             try:
-                self._validate_one(split, image_id, check_masks, check_labels, decode_images)
+                self._validate_one(where, image_id, check_masks, check_labels, decode_images, require_masks)
             except DataError as exc:
-                raise DataError(f"{exc} (fix or replace the file, or remove {image_id} from "
-                                f"{self.split_path(split)})") from exc
-        return ids
+                raise DataError(f"{exc} (fix or replace the file, or remove {image_id} from {where})") from exc
+        return [image_id for image_id, _ in entries]
 
-    def _validate_one(self, split: str, image_id: str, check_masks: bool, check_labels: bool,
-                      decode_images: bool) -> None:
-        img = self.image_path(image_id)
-        if not img.is_file():
-            raise DataError(f"{img}: image listed in {self.split_path(split)} is missing")
+    def _validate_one(self, where: str, image_id: str, check_masks: bool, check_labels: bool,
+                      decode_images: bool, require_masks: bool) -> None:
+        found = self.image_files().get(image_id, [])
+        if not found:
+            raise DataError(f"{self.root / 'JPEGImages' / image_id}.jpg: image listed in {where} is missing "
+                            f"(looked for {_suffixes_text()}, any case)")
+        if len(found) > 1:
+            raise DataError(f"{', '.join(map(str, found))}: {len(found)} images for id {image_id} "
+                            f"(listed in {where}): keep one")
+        img = found[0]
         img_hw = read_image(img).shape[:2] if decode_images else None
         if check_masks and self.mask_dir is not None:
             mpath = self.mask_path(image_id)
-            mask_hw = read_mask(mpath, self.num_classes).shape
-            img_hw = img_hw or image_size(img)
-            if mask_hw != img_hw:
-                raise DataError(f"{mpath}: mask size {mask_hw} differs from image size {img_hw}")
+            if mpath.is_file() or require_masks or self.label_source == "mask":
+                mask_hw = read_mask(mpath, self.num_classes).shape
+                img_hw = img_hw or image_size(img)
+                if mask_hw != img_hw:
+                    raise DataError(f"{mpath}: mask size {mask_hw} differs from image size {img_hw} ({img})")
         if check_labels and not self.labels(image_id):
-            raise DataError(f"{image_id}: no image-level label (empty annotation)")
+            raise self.no_label_error(image_id, where)
+
+    def no_label_error(self, image_id: str, where: str) -> DataError:
+        """The error for an image without a label: where its labels were looked for, and why."""
+        what = ("the mask holds no object class" if self.label_source == "mask"
+                else "every class column is 0 or empty" if self.label_source == "csv" else "no <object>")
+        return DataError(f"{self.label_origin(image_id)}: no image-level label for {image_id} ({what}; listed "
+                         f"in {where}); an image needs at least one class")
 
 
-def _read_label_csv(path: Path, class_names: Sequence[str]) -> dict[str, list[int]]:
-    """``id,split,<class columns...>`` with 0/1 values (the format of the real sample)."""
+def _read_label_csv(path: Path, class_names: Sequence[str], lines: dict[str, int] | None = None
+                    ) -> dict[str, list[int]]:
+    """``id[,split],<one column per class>`` with values 1 (present), 0 or empty (absent): the
+    format of the real sample and of COCO's prepared folder. Strict: a column that is not id,
+    split or a class, a missing class column, another value (``1.0``, ``1O``, ``yes``), an
+    empty or duplicate id, a row of the wrong length are errors naming ``FILE:LINE``.
+    ``lines``, when given, receives each id's line number."""
+    path = Path(path)
+    fg = list(class_names[1:])
     labels: dict[str, list[int]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in class_names[1:] if c not in (reader.fieldnames or [])]
-        if "id" not in (reader.fieldnames or []) or missing:
-            raise DataError(f"{path}: needs columns 'id' and {list(class_names[1:])}; missing {missing}")
-        for row in reader:
-            labels[row["id"]] = [i for i, c in enumerate(class_names) if i > 0 and row[c].strip() == "1"]
+    first: dict[str, int] = {} if lines is None else lines
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            if not any(header):
+                raise DataError(f"{path}: empty file: expected a header id,split,{','.join(fg[:3])},...")
+            for col, name in enumerate(header):
+                if name in header[:col]:
+                    raise DataError(f"{path}:1: column {name!r} appears twice")
+                if name not in ("id", "split") and name not in fg:
+                    raise DataError(f"{path}:1: unknown column {name!r}: the columns are id, split (optional) "
+                                    f"and one per class ({', '.join(fg)})")
+            missing = [c for c in fg if c not in header]
+            if "id" not in header or missing:
+                raise DataError(f"{path}:1: needs columns 'id' and one per class; missing "
+                                f"{(['id'] if 'id' not in header else []) + missing}")
+            id_col = header.index("id")
+            class_cols = [(header.index(name), c) for c, name in enumerate(class_names) if c > 0]
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{line}: {len(row)} cells, the header has {len(header)}")
+                image_id = row[id_col].strip()
+                if not image_id:
+                    raise DataError(f"{path}:{line}: the id is empty")
+                if image_id in labels:
+                    raise DataError(f"{path}:{line}: id {image_id!r} appears twice (first on line {first[image_id]})")
+                present = []
+                for col, c in class_cols:
+                    value = row[col].strip()
+                    if value == "1":
+                        present.append(c)
+                    elif value not in ("", "0"):
+                        raise DataError(f"{path}:{line}: column {header[col]!r} (id {image_id}): value "
+                                        f"{row[col]!r}: {LABEL_VALUES_HINT}")
+                labels[image_id] = present
+                first[image_id] = line
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: unreadable CSV ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from exc
     return labels
 
 

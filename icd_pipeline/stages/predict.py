@@ -71,7 +71,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ..config import ConfigError, add_config_args, config_from_args
-from ..data.voc import DataError, palette_array, voc_palette
+from ..data.voc import IMAGE_SUFFIXES, DataError, palette_array, voc_palette
 from ..inference import TestSettings, load_for_inference, segment
 from ..misc.commands import command_name
 from ..misc.io import atomic_path, sha256_file, write_csv_rows
@@ -80,7 +80,6 @@ from ..misc.runtime import get_logger, select_device, set_threads
 from ..models.deeplab import CheckpointError
 
 LOG = get_logger("predict")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TEST_KEYS = ("test_scales", "test_flip", "test_crf", "test_crf_params")
 JOURNAL = ".predictions.partial.csv"
 

@@ -29,6 +29,12 @@ config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
+# a null dataset.name stands for the folder's name (icd_pipeline.config), which needs the folder
+if DATASET is None:
+    raise WorkflowError(
+        "dataset.root must name the dataset folder when dataset.source is 'folder', e.g. "
+        "--config 'dataset={root: /path/to/photos}'"
+    )
 EXPERIMENT = config["experiment"]
 # Shared by every experiment of a dataset: the data (and downloads), and every output that
 # depends on part of the settings only, in a folder named by a hash of exactly those settings
@@ -100,10 +106,8 @@ def deeplab_threads():
 
 
 def data_root():
-    """The VOC-layout folder the stages read: generated/prepared under results/, or the
-    user's own folder for dataset.source = folder."""
-    if config["dataset"]["source"] == "folder":
-        return config["dataset"]["root"]
+    """The VOC-layout folder the stages read: generated/prepared under results/, or for
+    dataset.source = folder the view of the user's folder the data stage built there."""
     return f"{DATA_RES}/data"
 
 

@@ -1,7 +1,7 @@
 # Stage "data": the dataset in VOC layout, ending with results/<dataset>/data/manifest.json,
 # shared by every experiment of the dataset (its settings: dataset, and seed for the generator).
 # dataset.source picks one of: the embedded generator, VOC 2012 + SBD download, COCO 2014
-# download, a user folder.
+# download, a user folder (checked, then seen through a VOC-layout view of links: data/folder.py).
 
 SOURCE = config["dataset"]["source"]
 
@@ -132,7 +132,12 @@ elif SOURCE == "coco2014":
 
 else:
 
+    from icd_pipeline.data.folder import watched_files
+
     rule validate_dataset:
+        input:
+            # an edit of the folder's label file or split lists rebuilds the view
+            watched=lambda w: watched_files(config["dataset"]),
         output:
             manifest=f"{DATA_RES}/data/manifest.json",
         log:
@@ -146,11 +151,12 @@ else:
             mem_mb=2000,
             runtime=30,
         params:
+            out=lambda w, output: os.path.dirname(output.manifest),
             cfg=stage_config("dataset"),
-            code=code_hash("stages/validate_dataset.py", "data/prepare.py"),
+            code=code_hash("stages/validate_dataset.py", "data/folder.py"),
         shell:
             "python -m icd_pipeline.stages.validate_dataset --config-json {params.cfg:q}"
-            " --out-manifest {output.manifest} > {log} 2>&1"
+            " --out {params.out} > {log} 2>&1"
 
 
 rule data:
