@@ -6,11 +6,15 @@ masks on some images only, those are scored and the count is said."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 
 import pandas as pd
 import pytest
-from smk import TINY, jobs_in_dry_run, run_snakemake
+
+from own_data import make_plain_folder
+from smk import ENV, TINY, jobs_in_dry_run, run_snakemake, snakemake_cmd
 
 from icd_pipeline.data.synthetic import generate
 
@@ -37,18 +41,8 @@ def folder_config(root, name):
     return ["--config", f"dataset={{source: folder, root: {root}, name: {name}}}"]
 
 
-@pytest.mark.slow
-def test_voc_layout_without_masks_runs_all_to_the_end(tmp_path):
-    root = voc_folder(tmp_path / "photos")
-    work = tmp_path / "work"
-    dry = run_snakemake(work, "-n", "all", f"--configfile={TINY}", *folder_config(root, "nomask"))
-    jobs = jobs_in_dry_run(dry)
-    assert {"make_pseudo_masks", "pseudo_mask_pictures", "train_deeplab", "infer_deeplab", "deeplab_pictures",
-            "summarize"} <= jobs and not jobs & NEEDS_MASKS
-    run_snakemake(work, "--cores", "2", "all", f"--configfile={TINY}", *folder_config(root, "nomask"))
-    res = work / "results" / "nomask" / "default"
-    train_ids = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
-    val_ids = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+def _check_run_without_masks(work, name, train_ids, val_ids):
+    res = work / "results" / name / "default"
     for method in ("cam", "cam_crf", "icd_seed", "icd_crf"):
         assert sorted(p.stem for p in (res / "pseudo_masks" / "masks" / method).glob("*.png")) == sorted(train_ids)
     assert (res / "pseudo_masks" / "grid.png").stat().st_size > 1000
@@ -59,20 +53,61 @@ def test_voc_layout_without_masks_runs_all_to_the_end(tmp_path):
     assert "has a ground-truth mask" in summary["reason"]
     assert (res / "deeplab" / "grid.png").stat().st_size > 1000
     assert not (res / "pseudo_masks" / "table.csv").exists()
-    assert not (work / "results" / "nomask" / "deeplab_full").exists()
+    assert not (work / "results" / name / "deeplab_full").exists()
     outputs = json.loads((res / "outputs.json").read_text())
     assert outputs["deeplab_full"] is None and len(outputs["missing"]) == 3
     md = (res / "report" / "summary.md").read_text()
     html = (res / "report.html").read_text()
     for text in (md, html):
-        assert "none of the 16 images of split train has a mask" in text
-        assert "none of the 6 images of split val has a mask" in text
+        assert f"none of the {len(train_ids)} images of split train has a mask" in text
+        assert f"none of the {len(val_ids)} images of split val has a mask" in text
         assert "fully supervised DeepLab: not trained" in text
+    return res
+
+
+@pytest.mark.slow
+def test_photos_without_masks_run_all_to_the_end(tmp_path):
+    """A 40-image plain folder with labels.csv (sub-folders, five extensions) and a VOC-layout
+    folder, neither with a mask: `all` exits 0 on both (the two runs side by side, one core each)."""
+    plain = make_plain_folder(tmp_path / "my photos", n_images=40, classes=3)
+    voc = voc_folder(tmp_path / "VOC")
+    runs = {"plain": (plain, tmp_path / "work_plain"), "voc": (voc, tmp_path / "work_voc")}
+    for name, (root, work) in runs.items():
+        jobs = jobs_in_dry_run(run_snakemake(work, "-n", "all", f"--configfile={TINY}", *folder_config(root, name)))
+        assert {"make_pseudo_masks", "pseudo_mask_pictures", "train_deeplab", "infer_deeplab", "deeplab_pictures",
+                "summarize"} <= jobs and not jobs & NEEDS_MASKS, name
+    procs = {name: subprocess.Popen(snakemake_cmd(work, "--cores", "1", "all", f"--configfile={TINY}",
+                                                  *folder_config(root, name)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+             for name, (root, work) in runs.items()}
+    outs = {name: proc.communicate(timeout=1500)[0] for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outs[name][-6000:]
+    # the plain folder: ids from the paths, the eval split held out by dataset.val_fraction
+    lists = runs["plain"][1] / "results" / "plain" / "data" / "ImageSets" / "Segmentation"
+    train_ids, val_ids = lists.joinpath("train.txt").read_text().split(), lists.joinpath("val.txt").read_text().split()
+    assert len(train_ids) + len(val_ids) == 40 and len(val_ids) == 4
+    _check_run_without_masks(runs["plain"][1], "plain", train_ids, val_ids)
+    lists = voc / "ImageSets" / "Segmentation"
+    work = _check_run_without_masks(runs["voc"][1], "voc", lists.joinpath("train.txt").read_text().split(),
+                                    lists.joinpath("val.txt").read_text().split())
     # asking for the fully supervised model itself says why it cannot be built
-    proc = run_snakemake(work, "-n", "train_deeplab_full", f"--configfile={TINY}", *folder_config(root, "nomask"),
-                         check=False)
-    assert proc.returncode != 0
+    proc = run_snakemake(runs["voc"][1], "-n", "train_deeplab_full", f"--configfile={TINY}",
+                         *folder_config(voc, "voc"), check=False)
+    assert proc.returncode != 0 and work.is_dir()
     assert "needs a mask for every image of split train" in proc.stdout + proc.stderr
+
+
+def test_a_folder_that_would_fail_later_is_refused_before_any_job(tmp_path):
+    """Checked when the workflow is parsed: a training split smaller than a batch, named with
+    the key and both numbers, on the terminal; nothing runs."""
+    root = make_plain_folder(tmp_path / "few", n_images=8, classes=2)
+    work = tmp_path / "work"
+    proc = run_snakemake(work, "-n", "all", f"--configfile={TINY}", *folder_config(root, "few"), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"labels.csv: the training split 'train' has [0-7] images, fewer than icd.batch_size = 8", out)
+    assert not (work / "results").exists()
 
 
 def test_masks_on_some_images_are_scored_over_those(tmp_path):

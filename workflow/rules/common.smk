@@ -271,29 +271,27 @@ DEEPLAB_FULL_KEY = settings_key(
 DEEPLAB_FULL = f"{DATA_RES}/deeplab_full/{DEEPLAB_FULL_KEY}"
 
 
-def mask_coverage():
-    """{split: (images with a mask, images)} for the training and evaluation splits of a
-    user's folder, read when the workflow is parsed (no image is decoded); for the generated
-    and downloaded datasets, which have every mask, None."""
+def dataset_preflight():
+    """For a user's folder (dataset.source: folder), read when the workflow is parsed, before
+    any job runs (data.checks.preflight: file names, split lists and labels; no image decoded):
+    stop with every problem a stage would hit later (an unreadable label, a training split
+    smaller than a batch, a class without a training image), and return {split: (images with
+    a mask, images)} for the train and eval splits. None for the generated and downloaded
+    datasets, which have every mask."""
     if config["dataset"]["source"] != "folder":
         return None
-    from icd_pipeline.data.voc import DataError, VOCLayout
+    from icd_pipeline.data.checks import preflight
 
-    try:
-        layout = VOCLayout.open(config["dataset"]["root"])
-        coverage = {}
-        for split in dict.fromkeys([TRAIN_SPLIT, EVAL_SPLIT]):
-            ids = layout.ids(split)
-            have = 0
-            if layout.mask_dir is not None:
-                have = sum((layout.mask_dir / f"{i}.png").is_file() for i in ids)
-            coverage[split] = (have, len(ids))
-        return coverage
-    except DataError as exc:
-        raise WorkflowError(f"dataset.root: {exc}")
+    facts, errors = preflight(config)
+    if errors:
+        raise WorkflowError(
+            "the dataset cannot be used as configured:\n"
+            + "\n".join(f"  - {e}" for e in errors)
+        )
+    return {split: (facts.masks[split], facts.splits[split]) for split in facts.splits}
 
 
-MASKS = mask_coverage()
+MASKS = dataset_preflight()
 
 
 def masks_of(split):
