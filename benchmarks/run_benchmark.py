@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.data.voc import split_view  # noqa: E402
-from icd_pipeline.summary import read_benchmarks, to_markdown  # noqa: E402
+from icd_pipeline.summary import load_run, to_markdown  # noqa: E402
 
 PY = sys.executable
 SPLITS: dict[str, str] = {}  # dataset split overrides (--sample-lists animals)
@@ -97,29 +97,37 @@ def run_dag(name: str, seed: int, saliency: bool) -> float | None:
 
 
 def quality(name: str, saliency: bool) -> dict[str, float]:
-    res = results_dir(name)
-    table = pd.read_csv(res / "pseudo_masks" / "table.csv").set_index("method")
-    q = {f"pseudo-mask mIoU {m}": float(table.loc[m, "miou"]) for m in table.index}
-    q.update({f"pseudo-mask mIoU {m} (255 left out)": float(table.loc[m, "miou_authors"]) for m in table.index})
-    pseudo = json.loads((res / "deeplab" / "pseudo" / "summary.json").read_text())["miou"]
-    full = json.loads((res / "deeplab" / "full" / "summary.json").read_text())["miou"]
+    """The quality rows of one run, read through its outputs.json (summary.load_run)."""
+    run = load_run(results_dir(name))
+    q = {}
+    if run.pseudo_table is not None:
+        table = run.pseudo_table.set_index("method")
+        q.update({f"pseudo-mask mIoU {m}": float(table.loc[m, "miou"]) for m in table.index})
+        q.update({f"pseudo-mask mIoU {m} (255 left out)": float(table.loc[m, "miou_authors"]) for m in table.index})
+    pseudo, full = run.deeplab["pseudo"]["miou"], run.deeplab["full"]["miou"]
     q["DeepLab val mIoU on ICD pseudo-masks"] = pseudo
     q["DeepLab val mIoU, full supervision"] = full
     q["DeepLab pseudo / full"] = pseudo / full
     # what a researcher checks first: the classifier, and every class of every row
-    classifier = res / "icd" / "classifier.json"
-    if classifier.is_file():
-        q["classifier mAP (eval split)"] = json.loads(classifier.read_text())["map"]
-    per_class = pd.read_csv(res / "pseudo_masks" / "per_class.csv").dropna(subset=["iou"])
-    q.update({f"pseudo-mask IoU {r.method} {r['class']}": float(r.iou) for _, r in per_class.iterrows()})
-    for target in ("pseudo", "full"):
-        dl = pd.read_csv(res / "deeplab" / target / "per_class.csv").dropna(subset=["iou"])
+    if run.classifier is not None:
+        q["classifier mAP (eval split)"] = run.classifier["map"]
+    if run.pseudo_per_class is not None:
+        per_class = run.pseudo_per_class.dropna(subset=["iou"])
+        q.update({f"pseudo-mask IoU {r.method} {r['class']}": float(r.iou) for _, r in per_class.iterrows()})
+    for target, df in run.deeplab_per_class.items():
+        dl = df.dropna(subset=["iou"])
         q.update({f"DeepLab {target} IoU {r['class']}": float(r.iou) for _, r in dl.iterrows()})
     if saliency:
-        sal = json.loads((res / "deeplab" / "saliency" / "summary.json").read_text())["miou"]
+        sal = json.loads((results_dir(name) / "deeplab" / "saliency" / "summary.json").read_text())["miou"]
         q["DeepLab val mIoU on ICD+saliency seeds"] = sal
         q["DeepLab saliency / full"] = sal / full
     return q
+
+
+def shared(name: str, key: str) -> Path:
+    """A shared output folder of one run (outputs.json: icd, maps, features, ...)."""
+    res = results_dir(name)
+    return res.parent / json.loads((res / "outputs.json").read_text())[key]
 
 
 def subset_root(data_root: Path, work: Path, ids: list[str], n1: int) -> Path:
@@ -141,7 +149,7 @@ def stage_times(name: str) -> list[dict]:
     rows: list[dict] = []
     add = metric_adder(rows)
 
-    bench = read_benchmarks(res.parent / "benchmarks", res / "benchmarks")
+    bench = load_run(res).stage_times
     for r in bench.itertuples():
         add(f"wall time: {r.stage}", r.seconds, "s")
     add("wall time: all stages (sum)", bench.seconds.sum(), "s")
@@ -152,7 +160,7 @@ def stage_times(name: str) -> list[dict]:
         add("wall time: last snakemake all that did work (measured)", json.loads(wall.read_text())["seconds"], "s")
     for r in bench.itertuples():
         add(f"peak RSS: {r.stage}", r.max_rss_mb, "MB")
-    for stage, folder in (("ICD", res / "icd"), ("DeepLab (pseudo)", res / "deeplab" / "pseudo")):
+    for stage, folder in (("ICD", shared(name, "icd")), ("DeepLab (pseudo)", res / "deeplab" / "pseudo")):
         m = pd.read_csv(folder / "metrics.csv")
         add(f"training images/s: {stage}", m["images_per_s"].mean(), "img/s")
     return rows
@@ -163,7 +171,6 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     from icd_pipeline.data.voc import VOCLayout
     from icd_pipeline.maps_io import MapsReader
 
-    res = results_dir(name)
     rows = stage_times(name)
     add = metric_adder(rows)
 
@@ -175,7 +182,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     # extraction vs bare forward of the same model on the same images
     out = subprocess.run([PY, "-m", "icd_pipeline.stages.extract_maps", "--config-json", stage_json,
                           "--data-root", str(data_root), "--split", split, "--checkpoint",
-                          str(res / "icd" / "model.pt"), "--out", str(work / "maps.h5"),
+                          str(shared(name, "icd") / "model.pt"), "--out", str(work / "maps.h5"),
                           "--benchmark-forward", "--benchmark-batches", "1000", "--no-progress"],
                          cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
     ext = json.loads(out.stdout.strip().splitlines()[-1])
@@ -188,7 +195,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
     ids = layout.ids(split)
     n1 = max(1, len(ids) // 4)
     view = subset_root(data_root, work, ids, n1)
-    maps = res / "maps" / f"{split}.h5"
+    maps = shared(name, "maps") / f"{split}.h5"
     rates = {}
     for workers in (1, 2):
         with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -218,7 +225,7 @@ def speed_and_cost(cfg: dict, name: str, data_root: Path) -> list[dict]:
         count = len((view / "ImageSets" / "Segmentation" / f"{tag}.txt").read_text().split())
         _, rss = run_measured([PY, "-m", "icd_pipeline.stages.extract_maps", "--config-json", stage_json,
                                "--data-root", str(view), "--split", tag, "--checkpoint",
-                               str(res / "icd" / "model.pt"), "--out", str(work / f"{tag}.h5"), "--no-progress"])
+                               str(shared(name, "icd") / "model.pt"), "--out", str(work / f"{tag}.h5"), "--no-progress"])
         add(f"peak RSS extraction, {count} images", rss, "MB")
         _, rss = run_measured([PY, "-m", "icd_pipeline.stages.make_pseudo_masks", "--config-json",
                                json.dumps({"pseudo_masks": cfg["pseudo_masks"], "seeds": cfg["seeds"]}),
@@ -238,6 +245,8 @@ def main() -> int:
     parser.add_argument("--sample-root", default=None, help="VOC2012 folder of the real sample (preset sample)")
     parser.add_argument("--sample-lists", choices=["all", "animals"], default="all",
                         help="preset sample: train/val (20 classes) or train_animals/val_animals")
+    parser.add_argument("--readme", action="store_true",
+                        help="also write the headline rows into README.md's results:<dataset> block")
     parser.add_argument("--quality-only", action="store_true",
                         help="quality rows, stage times and the DAG's wall time only: skip the extraction, "
                              "CRF and memory measurements (about 25 min more on the real sample)")
@@ -284,13 +293,52 @@ def main() -> int:
     out = ROOT / "results" / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{base}.csv", index=False, float_format="%.6g")
-    machine = f"{os.cpu_count()} CPU cores, " + ("CUDA " + _cuda() if _cuda() else "no GPU")
-    md = (f"# icd-pipeline benchmark: {base}\n\nMachine: {machine}. Command: "
-          f"`{' '.join(['.venv/bin/python benchmarks/run_benchmark.py', *sys.argv[1:]])}`.\n\n"
+    machine = machine_text()
+    command = " ".join([".venv/bin/python benchmarks/run_benchmark.py", *sys.argv[1:]])
+    date = time.strftime("%Y-%m-%d")
+    md = (f"# icd-pipeline benchmark: {base}\n\nMachine: {machine}. Date: {date}. Command: `{command}`.\n\n"
           + to_markdown(df.fillna(""), "{:.4g}") + "\n")
     (out / f"{base}.md").write_text(md)
     print(md)
+    if ARGS.readme:
+        title = f"**{base}** ({len(ARGS.seeds)} seed{'s' if len(ARGS.seeds) > 1 else ''}: {ARGS.seeds})"
+        update_readme(base, f"{title}\n\n{readme_table(df, command, machine, date)}\n")
     return 0
+
+
+HEADLINE = ("pseudo-mask mIoU ", "DeepLab val mIoU", "DeepLab pseudo / full", "classifier mAP",
+            "wall time: last snakemake all that did work (measured)", "wall time: all stages (sum)")
+
+
+def machine_text() -> str:
+    import torch
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = f"GPU {_cuda()}" if _cuda() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, {gpu}, torch {torch.__version__}"
+
+
+def readme_table(df: pd.DataFrame, command: str, machine: str, date: str) -> str:
+    """The README's table of one benchmark: the headline rows (pseudo-mask and DeepLab mIoU,
+    their ratio, the classifier, the DAG's wall time), each with its date, command and machine."""
+    keep = df[df.metric.str.startswith(HEADLINE) & ~df.metric.str.contains(r"\(255 left out\)|IoU ")]
+    lines = ["| figure | value | date | command | machine |", "|---|---|---|---|---|"]
+    for r in keep.itertuples():
+        value = f"{r.value:.4g}" + (f" ± {r.spread:.2g}" if r.spread == r.spread else "")
+        value += " s" if r.unit == "s" else ""
+        lines.append(f"| {r.metric} | {value} | {date} | `{command}` | {machine} |")
+    return "\n".join(lines)
+
+
+def update_readme(block: str, text: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace what lies between ``<!-- results:BLOCK -->`` and ``<!-- /results:BLOCK -->``."""
+    start, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme}: no {start} ... {end} block to write the results into")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def _cuda() -> str:

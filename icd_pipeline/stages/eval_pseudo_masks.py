@@ -3,9 +3,9 @@
 Entry point::
 
     python -m icd_pipeline.stages.eval_pseudo_masks --data-root DIR --split train \
-        --masks-dir results/<ds>/pseudo_masks/masks \
-        --out-table results/<ds>/pseudo_masks/table.csv \
-        --out-per-class results/<ds>/pseudo_masks/per_class.csv
+        --masks-dir results/<ds>/<exp>/pseudo_masks/masks \
+        --out-table results/<ds>/<exp>/pseudo_masks/table.csv \
+        --out-per-class results/<ds>/<exp>/pseudo_masks/per_class.csv
 
 ``--masks-dir`` holds one folder of palette PNGs per method (cam, cam_crf, icd_seed, icd_crf, and
 icd_sal when the seeds used saliency: the row ICD+saliency).

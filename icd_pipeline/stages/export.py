@@ -2,7 +2,7 @@
 
 Entry point::
 
-    python -m icd_pipeline.stages.export --model results/<ds>/deeplab/pseudo/model.pt \
+    icd-pipeline export --model results/<ds>/<exp>/deeplab/pseudo/model.pt \
         --format onnx|torchscript --out FILE [--opset 17]
 
 The exported network takes ``images``: float32 (B, 3, H, W), RGB in [0, 1], any B, H, W,

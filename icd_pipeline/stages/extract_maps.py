@@ -11,7 +11,7 @@ scale-1 grid and averaged.
 Entry point::
 
     python -m icd_pipeline.stages.extract_maps --config-json JSON --data-root DIR --split train \
-        --checkpoint results/<ds>/icd/model.pt --out results/<ds>/maps/train.h5 \
+        --checkpoint results/<ds>/icd/<key>/model.pt --out results/<ds>/maps/<key>/train.h5 \
         [--benchmark-forward [--benchmark-batches 20]]
 
 Maps are written batch by batch (memory does not grow with the split). ``--benchmark-forward``

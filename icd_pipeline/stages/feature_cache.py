@@ -3,7 +3,7 @@ training scale and flip, computed once (``feature_cache`` library: file layout, 
 cropping), so that the heads train from them for many epochs.
 
     python -m icd_pipeline.stages.feature_cache --config-json JSON --data-root DIR --split train \
-        --out results/<ds>/<exp>/features/train.h5
+        --out results/<ds>/features/<key>/train.h5
 
 Written under a temporary name and renamed when complete.
 """
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--data-root", required=True, help="dataset folder in VOC layout")
     parser.add_argument("--split", default="train", help="image list under ImageSets/Segmentation")
-    parser.add_argument("--out", required=True, help="output HDF5 file (results/<ds>/features/<split>.h5)")
+    parser.add_argument("--out", required=True, help="output HDF5 file (results/<ds>/features/<key>/<split>.h5)")
     args = parser.parse_args(argv)
     try:
         build(config_from_args(args), args.data_root, args.split, args.out)

@@ -28,7 +28,7 @@ processes, each opening the maps file itself; the outputs do not depend on the c
 Entry point::
 
     python -m icd_pipeline.stages.make_pseudo_masks --config-json JSON --data-root DIR --split train \
-        --maps results/<ds>/maps/train.h5 --out-dir results/<ds>/pseudo_masks/masks [--workers N]
+        --maps results/<ds>/maps/<key>/train.h5 --out-dir results/<ds>/<exp>/pseudo_masks/masks [--workers N]
 """
 
 from __future__ import annotations

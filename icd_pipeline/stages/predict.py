@@ -1,13 +1,13 @@
 """Segment a folder of new images with a trained DeepLab (the ``predict`` target).
 
-Entry point::
-
-    python -m icd_pipeline.stages.predict --model results/<ds>/deeplab/pseudo/model.pt \
+    icd-pipeline predict --model results/<dataset>/<experiment>/deeplab/pseudo/model.pt \
         --images DIR --out DIR [--config config.yaml] [--overwrite] [--strict]
+
+(the Snakemake rule runs it as ``python -m icd_pipeline.stages.predict``).
 
 Every image under ``--images`` (recursively; ``.jpg .jpeg .png .bmp .webp``, any case; hidden
 files and folders and the output folder itself are left out) goes through the same inference
-as the evaluation (``infer_deeplab.segment``: the test scales, flips and optional dense CRF of
+as the evaluation (``inference.segment``: the test scales, flips and optional dense CRF of
 the config's ``deeplab`` section; without ``--config`` / ``--config-json`` those the model was
 trained with, stored in its checkpoint). Written under ``--out``:
 

@@ -3,8 +3,8 @@
 Entry point::
 
     python -m icd_pipeline.stages.pseudo_mask_pictures --data-root DIR --split train \
-        --maps results/<ds>/maps/train.h5 --masks-dir results/<ds>/pseudo_masks/masks \
-        --out results/<ds>/pseudo_masks/grid.png [--num 6]
+        --maps results/<ds>/maps/<key>/train.h5 --masks-dir results/<ds>/<exp>/pseudo_masks/masks \
+        --out results/<ds>/<exp>/pseudo_masks/grid.png [--num 6]
 
 One row per image, columns: image, ground truth (VOC palette; void colour where the image has
 no mask), CAM (max over the present

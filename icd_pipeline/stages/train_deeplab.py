@@ -3,7 +3,7 @@
 Entry point::
 
     python -m icd_pipeline.stages.train_deeplab --config-json JSON --data-root DIR --split train \
-        [--mask-dir results/<ds>/pseudo_masks/masks/icd_crf] --out-dir results/<ds>/deeplab/<target>
+        [--mask-dir results/<ds>/<exp>/pseudo_masks/masks/icd_crf] --out-dir results/<ds>/<exp>/deeplab/<target>
 
 ``--mask-dir`` names a folder of palette PNG masks ``<id>.png`` (the pseudo-masks); left out
 (or empty), the dataset's own ground-truth masks are used: the fully supervised upper bound.

@@ -1,7 +1,7 @@
 """Train the ICD model (CAM classifier + Intra-Class Discriminator), spec sections 2 and 4.
 
     python -m icd_pipeline.stages.train_icd --config-json JSON --data-root DIR --split train \
-        --superpixels results/<ds>/superpixels/train.h5 --out-dir results/<ds>/icd
+        --superpixels results/<ds>/superpixels/<key>/train.h5 --out-dir results/<ds>/icd
 
 Reads the ``icd`` section (and ``seed``, ``device``). Writes ``model.pt`` (final model,
 ``models.icd.load_icd_model``), ``metrics.csv`` (one row per epoch), ``loss_curve.png`` and
