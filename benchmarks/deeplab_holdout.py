@@ -11,7 +11,7 @@ that one key changed) on the other images, with the run's pseudo-masks
 (``--masks pseudo``: ``<results>/pseudo_masks/masks/<deeplab.pseudo_masks>``, as the DAG's
 "pseudo" target) or the ground truth (``--masks full``), and scored
 (``icd_pipeline.stages.infer_deeplab``) on the held-apart images against their official masks. The
-run's feature cache (``<results>/features/<split>.h5``) is used when ``deeplab.feature_cache``
+run's feature cache (its ``outputs.json`` names it: ``results/<dataset>/features/<key>/<split>.h5``) is used when ``deeplab.feature_cache``
 is on. One row per value (mIoU on the held-apart images, training seconds) is printed and
 written to ``<work>/holdout.csv``; a value already scored in ``<work>`` is not retrained.
 
@@ -77,7 +77,8 @@ def run_value(cfg: dict, value, args, view: Path, work: Path) -> dict:
         if args.masks == "pseudo":
             train_cmd += ["--mask-dir", str(args.results / "pseudo_masks" / "masks" / cfg["deeplab"]["pseudo_masks"])]
         if cfg["deeplab"].get("feature_cache"):
-            train_cmd += ["--feature-cache", str(args.results / "features" / f"{args.split}.h5")]
+            features = json.loads((args.results / "outputs.json").read_text())["features"]
+            train_cmd += ["--feature-cache", str(args.results.parent / features / f"{args.split}.h5")]
         t0 = time.perf_counter()
         with open(out / "train.log", "w") as log:
             subprocess.run(train_cmd, check=True, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

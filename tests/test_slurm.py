@@ -18,7 +18,7 @@ import pytest
 from smk import ROOT, SLURM_ENV, TINY, snakemake_cmd
 
 SCRIPT = ROOT / "tests" / "slurm" / "local_cluster.sh"
-GPU_RULES = ("train_icd", "extract_maps", "train_deeplab", "infer_deeplab")
+GPU_RULES = ("train_icd", "extract_maps", "train_deeplab_full", "infer_deeplab_full")
 
 
 def _skip_reason() -> str | None:
