@@ -4,7 +4,7 @@
 #   snakemake --cores 2 pseudo_masks             one stage and what it needs
 #   snakemake --cores 2 all --configfile workflow/presets/voc2012.yaml
 #
-# Stages: data -> superpixels -> icd -> maps -> pseudo_masks -> deeplab -> report.
+# Stages: data -> superpixels -> icd -> maps -> (saliency) -> pseudo_masks -> deeplab -> report.
 import os
 
 from icd_pipeline.config import load_yaml
@@ -23,6 +23,7 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/icd.smk"
+include: "workflow/rules/saliency.smk"
 include: "workflow/rules/pseudo_masks.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/report.smk"

@@ -32,7 +32,8 @@ def read_benchmarks(*folders: str | Path) -> pd.DataFrame:
 
 
 MASK_NAMES = {"icd_crf": "ICD+CRF pseudo-masks", "icd_seed": "ICD seeds, 255 not trained on",
-              "icd_sal": "ICD+saliency seeds"}
+              "icd_sal": "ICD+saliency seeds", "icd_sal_crf": "ICD+saliency+CRF pseudo-masks",
+              "cam_sal": "CAM+saliency seeds", "cam_sal_crf": "CAM+saliency+CRF pseudo-masks"}
 
 
 def summary_rows(pseudo_table: pd.DataFrame, deeplab_pseudo: dict, deeplab_full: dict,
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--deeplab-masks", default="icd_crf",
-                        help="the pseudo-mask folder the pseudo DeepLab trained on (icd_crf, icd_seed, icd_sal)")
+                        help="the pseudo-mask folder the pseudo DeepLab trained on (icd_crf, icd_seed, icd_sal, ...)")
     parser.add_argument("--pseudo-table", required=True)
     parser.add_argument("--deeplab-pseudo", required=True)
     parser.add_argument("--deeplab-full", required=True)
