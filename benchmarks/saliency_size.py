@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from icd_pipeline.data.voc import VOCLayout, read_image, read_mask
-from icd_pipeline.models.saliency import SaliencyRunner, default_threads, foreground_iou
+from icd_pipeline.models.saliency import SaliencyRunner, default_threads, foreground_iou, to_uint8
 
 
 def main(argv=None) -> int:
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--out", default=None)
+    p.add_argument("--save-dir", default=None, help="also write the maps, <dir>/<size>/<id>.png (as the stage)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="also print the pooled IoU at these thresholds")
     args = p.parse_args(argv)
     layout = VOCLayout.open(args.data_root)
     ids = layout.ids(args.split)[: args.limit]
@@ -43,6 +47,10 @@ def main(argv=None) -> int:
     for size in args.sizes:
         runner = SaliencyRunner(args.model, size, threads=threads, batch_size=args.batch_size)
         per_image, inter, union, seconds = [], 0, 0, 0.0
+        pooled = {t: [0, 0] for t in args.thresholds}
+        save = Path(args.save_dir) / str(size) if args.save_dir else None
+        if save:
+            save.mkdir(parents=True, exist_ok=True)
         for start in range(0, len(ids), args.batch_size):
             chunk = ids[start:start + args.batch_size]
             images = [read_image(layout.image_path(i)) for i in chunk]
@@ -50,16 +58,26 @@ def main(argv=None) -> int:
             maps = runner(images)
             seconds += time.perf_counter() - t0
             for i, smap in zip(chunk, maps):
-                a, b = foreground_iou(smap, read_mask(layout.mask_path(i), layout.num_classes), args.threshold)
+                mask = read_mask(layout.mask_path(i), layout.num_classes)
+                a, b = foreground_iou(smap, mask, args.threshold)
                 inter, union = inter + a, union + b
                 per_image.append(a / b if b else 1.0)
+                for t in args.thresholds:
+                    a, b = foreground_iou(smap, mask, t)
+                    pooled[t][0] += a
+                    pooled[t][1] += b
+                if save:
+                    Image.fromarray(to_uint8(smap), mode="L").save(save / f"{i}.png")
         row = {"model": args.model, "size": size, "split": args.split, "images": len(ids),
                "mean_iou": float(np.mean(per_image)), "pooled_iou": inter / max(union, 1),
                "s_per_image": seconds / len(ids), "threads": threads, "batch_size": args.batch_size,
-               "load": os.getloadavg()[0]}
+               "load": os.getloadavg()[0],
+               **{f"pooled_iou_at_{t:g}": a / max(b, 1) for t, (a, b) in pooled.items()}}
         rows.append(row)
         print(f"{args.model} size {size}: mean IoU {row['mean_iou']:.4f} pooled {row['pooled_iou']:.4f} "
               f"{row['s_per_image']:.3f} s/image ({len(ids)} images, {threads} threads, load {row['load']:.1f})",
+              flush=True)
+        print("    pooled IoU by threshold: " + ", ".join(f"{t:g}: {a / max(b, 1):.4f}" for t, (a, b) in pooled.items()),
               flush=True)
     if args.out:
         out = Path(args.out)

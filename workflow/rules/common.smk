@@ -117,7 +117,8 @@ def superpixel_key():
 
 def saliency_key():
     """The shared folder of this saliency setting, <model>-<hash of the saliency section> (for a
-    model given by path, of the file's sha256 too): experiments that agree on it share the maps."""
+    model given by path, of the file's sha256 too): experiments that agree on it share the maps.
+    """
     sal = config["saliency"]
     settings = stage_config("saliency")
     model = Path(os.path.expanduser(sal["model"]))
@@ -227,7 +228,8 @@ def saliency_mask_folder():
     """The image+saliency masks DeepLab trains on: <seeds.saliency_classes>_sal, the CRF's
     <...>_sal_crf with seeds.saliency_crf."""
     seeds = config["seeds"]
-    return f"{seeds['saliency_classes']}_sal" + ("_crf" if seeds["saliency_crf"] else "")
+    crf = "_crf" if seeds["saliency_crf"] else ""
+    return f"{seeds['saliency_classes']}_sal{crf}"
 
 
 def pseudo_mask_folder():
