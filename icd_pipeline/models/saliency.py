@@ -358,6 +358,9 @@ def _session_options(threads: int | None):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # idle threads sleep instead of spinning: spinning burns CPU time that other jobs on the
+    # machine (a DeepLab training beside this stage, another user) wait for
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
