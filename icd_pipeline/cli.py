@@ -7,6 +7,7 @@
     icd-pipeline report --experiment results/<dataset>/<experiment>   its report.html and summary
     icd-pipeline compare --results results/<dataset> ...   every finished experiment side by side
     icd-pipeline score --data-root D --split S --pred-dir P ...  score any folder of masks
+    icd-pipeline saliency-model [--model isnet-medium]     fetch the saliency network (make saliency-model)
     icd-pipeline benchmark [ARGS ...]                      benchmarks/run_benchmark.py
 
 ``icd-pipeline <command> --help`` describes each. The Snakemake rules call the stage modules
@@ -34,6 +35,8 @@ STAGE_COMMANDS = {
     "report": ("icd_pipeline.stages.summarize", "(re)build an experiment's report.html and summary"),
     "compare": ("icd_pipeline.stages.compare", "one table of every finished experiment of a dataset"),
     "score": ("icd_pipeline.stages.score", "score a folder of masks against a split's ground truth"),
+    "saliency-model": ("icd_pipeline.stages.fetch_saliency_model",
+                       "fetch a salient-object network (ISNet) into the cache, sha256-checked"),
 }
 OWN_COMMANDS = {
     "run": "run the Snakemake workflow (its --configfile files are checked first)",

@@ -189,6 +189,89 @@ def saliency_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[in
     return _compose(seed, fg, bg, tie)
 
 
+SALIENCY_ASSIGN = ("agree", "all")
+
+
+def _top_two_tie(scores: np.ndarray) -> np.ndarray:
+    """Pixels whose two best class scores are within EPS (nothing to choose between them)."""
+    if scores.shape[0] < 2:
+        return np.zeros(scores.shape[1:], bool)
+    top = np.sort(scores, axis=0)[-2:]
+    return (top[1] - top[0]) <= EPS
+
+
+def _cam_parts(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float):
+    """(labels of the best class, FG, CAM background, ties) of the CAM baseline: ReLU(CAM)
+    normalised per class by its maximum, FG where the best class reaches ``bg_threshold``."""
+    cam = np.asarray(cam, dtype=np.float32)
+    _check(cam, class_ids, "cam")
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    a = np.maximum(cam, 0)
+    a = a / np.maximum(a.max(axis=(1, 2), keepdims=True), EPS)
+    fg = a.max(axis=0) >= bg_threshold
+    return labels[a.argmax(axis=0)], fg, ~fg, _top_two_tie(a)
+
+
+def _icd_all_labels(td: np.ndarray, class_ids: Sequence[int], seed_labels: np.ndarray, fg: np.ndarray,
+                    tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ICD's class for every pixel: the seed's class where ICD proposes foreground, elsewhere
+    the class whose top-down logit is largest relative to its own maximum (ties there: 255)."""
+    td = np.asarray(td, dtype=np.float32)
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    rel = td / np.maximum(np.abs(td).max(axis=(1, 2), keepdims=True), EPS)
+    out = np.where(fg, seed_labels, labels[rel.argmax(axis=0)])
+    return out, np.where(fg, tie, _top_two_tie(rel))
+
+
+def salient_seed(labels: np.ndarray, fg: np.ndarray, classifier_bg: np.ndarray, tie: np.ndarray,
+                 saliency: np.ndarray, bg_threshold: float = 0.01, min_salient_area: float = 0.01,
+                 assign: str = "agree") -> np.ndarray:
+    """A seed whose background comes from a saliency map and whose classes come from a
+    classifier (``labels``: its class per pixel; ``fg`` / ``classifier_bg``: its own seed's
+    foreground and background; ``tie``: pixels it cannot decide, 255).
+
+    BG = saliency < ``bg_threshold``; when the salient area is under ``min_salient_area`` of
+    the image, BG must also be the classifier's background (the saliency map missed the
+    object). ``assign``:
+
+    - ``agree`` (the paper's, spec 5.4): FG = the classifier's foreground; pixels where FG
+      and BG disagree (both or neither) are 255;
+    - ``all``: every pixel that is not BG takes the classifier's class (no 255 but ties):
+      the saliency map decides where the objects are, the classifier only which they are.
+    """
+    if assign not in SALIENCY_ASSIGN:
+        raise ValueError(f"saliency assign must be one of {SALIENCY_ASSIGN}, got {assign!r}")
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.shape != fg.shape:
+        raise ValueError(f"saliency shape {saliency.shape} differs from the maps' {fg.shape}")
+    bg = saliency < bg_threshold
+    if (~bg).mean() < min_salient_area:
+        bg &= classifier_bg
+    if assign == "agree":
+        return _compose(labels, fg, bg, tie & fg)
+    seed = labels.copy()
+    seed[bg] = 0
+    seed[~bg & tie] = VOID
+    return seed
+
+
+def saliency_seeds(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], saliency: np.ndarray,
+                   bg_threshold: float = 0.01, min_salient_area: float = 0.01, assign: str = "agree",
+                   cam_bg_threshold: float = 0.3, icd_bg_threshold: float = EPS,
+                   icd_fg_threshold: float = EPS) -> dict[str, np.ndarray]:
+    """The two image+saliency seeds of one image, ``{"cam": ..., "icd": ...}``: the classes of
+    the salient pixels from the CAM baseline (:func:`cam_seed`'s scores) and from ICD
+    (:func:`icd_seed`'s), each through :func:`salient_seed`."""
+    icd_labels, icd_fg, icd_bg, icd_tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
+    if assign == "all":
+        icd_labels, icd_tie = _icd_all_labels(td, class_ids, icd_labels, icd_fg, icd_tie)
+    cam_labels, cam_fg, cam_bg, cam_tie = _cam_parts(cam, class_ids, cam_bg_threshold)
+    return {
+        "cam": salient_seed(cam_labels, cam_fg, cam_bg, cam_tie, saliency, bg_threshold, min_salient_area, assign),
+        "icd": salient_seed(icd_labels, icd_fg, icd_bg, icd_tie, saliency, bg_threshold, min_salient_area, assign),
+    }
+
+
 def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
     """CAM baseline: ReLU(CAM) normalised per class by its maximum; background where the
     maximum over classes is below ``bg_threshold``, else the argmax class id. No 255."""
@@ -202,5 +285,6 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
     return seed
 
 
-__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "cam_seed",
+__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "salient_seed",
+           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed",
            "VOID"]

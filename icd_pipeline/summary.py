@@ -23,7 +23,9 @@ import pandas as pd
 
 OUTPUTS = "outputs.json"
 MASK_NAMES = {"icd_crf": "ICD+CRF pseudo-masks", "icd_seed": "ICD seeds, 255 not trained on",
-              "icd_sal": "ICD+saliency seeds", "cam_crf": "CAM+CRF pseudo-masks", "cam": "CAM seeds"}
+              "icd_sal": "ICD+saliency seeds", "icd_sal_crf": "ICD+saliency+CRF pseudo-masks",
+              "cam_sal": "CAM+saliency seeds", "cam_sal_crf": "CAM+saliency+CRF pseudo-masks",
+              "cam_crf": "CAM+CRF pseudo-masks", "cam": "CAM seeds"}
 
 
 def read_benchmarks(*paths: str | Path) -> pd.DataFrame:

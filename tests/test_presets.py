@@ -48,6 +48,8 @@ PAPER = {
     # 5.2, 5.4: seeds (image labels only): background = every present class's T < 0
     "seeds.background": "icd", "seeds.icd_bg_threshold": 1e-5,
     "seeds.saliency_bg_threshold": 0.01, "seeds.saliency_min_area": 0.01, "seeds.saliency_crf": False,
+    # 5.4: a salient pixel is foreground only where ICD says so (disagreements 255), ICD's classes
+    "seeds.saliency_assign": "agree", "seeds.saliency_classes": "icd",
     # 5.3: CRF on 21 labels, confidence 0.5, Gaussian 3/3, bilateral 80/13/10, 10 iterations
     "pseudo_masks.crf.unary_confidence": 0.5, "pseudo_masks.crf.gaussian_sxy": 3,
     "pseudo_masks.crf.gaussian_compat": 3, "pseudo_masks.crf.bilateral_sxy": 80,

@@ -8,7 +8,8 @@ Entry point::
         --out-per-class results/<ds>/<exp>/pseudo_masks/per_class.csv
 
 ``--masks-dir`` holds one folder of palette PNGs per method (cam, cam_crf, icd_seed, icd_crf, and
-icd_sal when the seeds used saliency: the row ICD+saliency).
+cam_sal, icd_sal [, cam_sal_crf, icd_sal_crf] when the seeds used saliency: the rows
+CAM+saliency, ICD+saliency [+CRF]).
 Each ground-truth mask is read once and scored under both protocols (icd_pipeline.evaluate):
 
 - ``miou`` / ``pixel_acc``: pixels predicted 255 count as background (default protocol);
@@ -43,8 +44,15 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("ICD", "icd_seed"),
     ("ICD+CRF", "icd_crf"),
 )
-# present only when the pseudo-masks were made with seeds.background: saliency
+# present only when the pseudo-masks were made with saliency maps (seeds.background: saliency,
+# or a dataset that ships Saliency/); the +CRF ones with seeds.saliency_crf
 SALIENCY_ROW = ("ICD+saliency", "icd_sal")
+SALIENCY_ROWS: tuple[tuple[str, str], ...] = (
+    ("CAM+saliency", "cam_sal"),
+    ("CAM+saliency+CRF", "cam_sal_crf"),
+    SALIENCY_ROW,
+    ("ICD+saliency+CRF", "icd_sal_crf"),
+)
 # images: the images scored (those with a mask); split_images: the images of the split
 TABLE_COLUMNS = ["method", "miou", "miou_authors", "left_out_fraction", "pixel_acc", "pixel_acc_authors",
                  "images"]
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         layout = VOCLayout.open(args.data_root)
-        methods = METHODS + ((SALIENCY_ROW,) if (Path(args.masks_dir) / SALIENCY_ROW[1]).is_dir() else ())
+        methods = METHODS + tuple(row for row in SALIENCY_ROWS if (Path(args.masks_dir) / row[1]).is_dir())
         split_ids = layout.ids(args.split)
         ids = layout.ids_with_masks(split_ids)  # a user's dataset may have masks for some images
         if not ids:
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for row in table.itertuples():
-        log.info("%-8s mIoU %.4f | 255 left out: mIoU %.4f (%.1f%% of pixels left out) | pixel acc %.4f",
+        log.info("%-16s mIoU %.4f | 255 left out: mIoU %.4f (%.1f%% of pixels left out) | pixel acc %.4f",
                  row.method, row.miou, row.miou_authors, 100 * row.left_out_fraction, row.pixel_acc)
     print(table.to_string(index=False))
     return 0

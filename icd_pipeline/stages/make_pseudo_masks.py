@@ -5,9 +5,12 @@
 ``icd_seed/``  ICD seed (:func:`seeds.icd_seed`), 255 = ignore
 ``icd_crf/``   the ICD seed refined by the dense CRF (:func:`crf.crf_from_labels`) - the
                pseudo-mask of the paper
-``icd_sal/``   only with ``seeds.background: saliency``: the ICD seed with its background
-               taken from a saliency map (:func:`seeds.saliency_seed`, spec 5.4; no CRF unless
-               ``seeds.saliency_crf``) - the paper's image+saliency setting
+``icd_sal/``   only with saliency maps (``seeds.background: saliency``, or a dataset that
+               ships ``Saliency/``): the ICD seed with its background taken from the saliency
+               map (:func:`seeds.saliency_seeds`; with ``seeds.saliency_assign: agree`` the
+               paper's image+saliency seed, spec 5.4, no CRF)
+``cam_sal/``   the same with the CAM baseline's classes on the salient pixels
+``icd_sal_crf/``, ``cam_sal_crf/``   those two refined by the dense CRF, when ``seeds.saliency_crf``
 
 Both CRF rows use the paper's seed protocol (all ``num_classes`` labels incl. background,
 seed confidence ``pseudo_masks.crf.unary_confidence``, pairwise parameters from
@@ -48,27 +51,48 @@ from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
+from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seeds, upsample_maps
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
+SALIENCY_METHODS = ("cam_sal", "icd_sal")
+SALIENCY_CRF_METHODS = ("cam_sal_crf", "icd_sal_crf")
 
 
-def methods_for(seeds_cfg: dict | None, data_root: str | Path | None = None) -> tuple[str, ...]:
-    """The output folders: the four of METHODS, plus ``icd_sal`` when ``seeds.background`` is
-    ``saliency`` or, with no ``saliency_dir`` set, when the dataset ships a ``Saliency/``
-    folder (the embedded dataset does), so the table always shows what saliency adds."""
+def saliency_methods(seeds_cfg: dict | None) -> tuple[str, ...]:
+    """The image+saliency folders: cam_sal and icd_sal, and their CRF versions with saliency_crf."""
+    return SALIENCY_METHODS + (SALIENCY_CRF_METHODS if (seeds_cfg or {}).get("saliency_crf", False) else ())
+
+
+def methods_for(seeds_cfg: dict | None, data_root: str | Path | None = None,
+                saliency_folder: str | Path | None = None) -> tuple[str, ...]:
+    """The output folders: the four of METHODS, plus the image+saliency ones when
+    ``saliency_folder`` is given, when ``seeds.background`` is ``saliency`` or, with no
+    ``saliency_dir`` set, when the dataset ships a ``Saliency/`` folder (the embedded dataset
+    does), so the table always shows what saliency adds."""
     seeds_cfg = seeds_cfg or {}
-    if seeds_cfg.get("background") == "saliency":
-        return METHODS + (SALIENCY_METHOD,)
+    if saliency_folder is not None or seeds_cfg.get("background") == "saliency":
+        return METHODS + saliency_methods(seeds_cfg)
     if data_root is not None and not seeds_cfg.get("saliency_dir") and (Path(data_root) / "Saliency").is_dir():
-        return METHODS + (SALIENCY_METHOD,)
+        return METHODS + saliency_methods(seeds_cfg)
     return METHODS
 
 
 def saliency_dir(seeds_cfg: dict, data_root: str | Path) -> Path:
     """``seeds.saliency_dir``, or ``<data root>/Saliency`` when it is null."""
     return Path(seeds_cfg.get("saliency_dir") or Path(data_root) / "Saliency")
+
+
+def saliency_folder_for(seeds_cfg: dict | None, data_root: str | Path,
+                        saliency_folder: str | Path | None = None) -> Path | None:
+    """The saliency maps the seeds read: ``saliency_folder`` (the saliency stage's, given by
+    the workflow) when set, else :func:`saliency_dir` when :func:`methods_for` asks for the
+    image+saliency seeds, else None."""
+    if saliency_folder is not None:
+        return Path(saliency_folder)
+    if SALIENCY_METHOD in methods_for(seeds_cfg, data_root):
+        return saliency_dir(seeds_cfg or {}, data_root)
+    return None
 
 
 def check_saliency(ids: Sequence[str], folder: Path) -> None:
@@ -78,8 +102,8 @@ def check_saliency(ids: Sequence[str], folder: Path) -> None:
         from icd_pipeline.data.voc import DataError
 
         raise DataError(f"{folder}: {len(missing)} saliency map(s) missing for listed ids, first ten: "
-                        f"{missing[:10]} (seeds.background is 'saliency': provide <id>.png for every id "
-                        f"or set seeds.background: icd)")
+                        f"{missing[:10]} (seeds.background is 'saliency': run the saliency stage, `snakemake "
+                        f"saliency_maps`, provide <id>.png for every id, or set seeds.background: icd)")
 
 
 def read_saliency(path: Path, hw: tuple[int, int]) -> np.ndarray:
@@ -115,8 +139,8 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
                            saliency: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The label maps (uint8, H x W) of one image from its maps ``record``
-    (``MapsReader.read`` output): the four of METHODS, plus ``icd_sal`` when ``saliency``
-    (H x W in [0, 1]) is given."""
+    (``MapsReader.read`` output): the four of METHODS, plus those of :func:`saliency_methods`
+    when ``saliency`` (H x W in [0, 1]) is given."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -129,20 +153,22 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         crf_kwargs["present"] = class_ids
     conf = crf_cfg.get("unary_confidence", 0.5)
     min_post = crf_cfg.get("min_posterior", 0.1)
+    seeds_cfg = seeds_cfg or {}
     if not class_ids:   # no image-level label: nothing but background can be claimed
-        cam = icd = sal = np.zeros((H, W), np.uint8)
+        cam = icd = np.zeros((H, W), np.uint8)
+        sal = {"cam": cam, "icd": icd}
     else:
         valid = record.get("valid_hw")
         td = upsample_maps(record["td"], (H, W), valid, cell)
         cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
         cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
-        seeds_cfg = seeds_cfg or {}
         icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
         icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
         icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg)
         if saliency is not None:
-            sal = saliency_seed(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
-                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg, icd_fg)
+            sal = saliency_seeds(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
+                                 seeds_cfg.get("saliency_min_area", 0.01), seeds_cfg.get("saliency_assign", "agree"),
+                                 pm_cfg.get("cam_bg_threshold", 0.3), icd_bg, icd_fg)
     out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
@@ -150,9 +176,10 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         "icd_crf": crf_from_labels(image, icd, num_labels, conf, min_post, **crf_kwargs),
     }
     if saliency is not None:
-        if (seeds_cfg or {}).get("saliency_crf", False):
-            sal = crf_from_labels(image, sal, num_labels, conf, min_post, **crf_kwargs)
-        out[SALIENCY_METHOD] = sal
+        for kind in ("cam", "icd"):
+            out[f"{kind}_sal"] = sal[kind]
+            if seeds_cfg.get("saliency_crf", False):
+                out[f"{kind}_sal_crf"] = crf_from_labels(image, sal[kind], num_labels, conf, min_post, **crf_kwargs)
     return out
 
 
@@ -162,7 +189,8 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, pm_cfg: dict,
-                 reader_factory: Callable | None = None, seeds_cfg: dict | None = None) -> None:
+                 reader_factory: Callable | None = None, seeds_cfg: dict | None = None,
+                 saliency_folder: str | None = None) -> None:
     from icd_pipeline.data.voc import VOCLayout
 
     if reader_factory is None:
@@ -172,8 +200,7 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
     _STATE.clear()
     _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
                   num_labels=num_labels, pm_cfg=pm_cfg, seeds_cfg=seeds_cfg or {},
-                  saliency_dir=(saliency_dir(seeds_cfg or {}, data_root)
-                                if SALIENCY_METHOD in methods_for(seeds_cfg, data_root) else None))
+                  saliency_dir=saliency_folder_for(seeds_cfg, data_root, saliency_folder))
 
 
 def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
@@ -208,8 +235,10 @@ def _default_workers() -> int:
 
 def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str | Path, pm_cfg: dict,
         workers: int = 1, progress: bool = True, reader_factory: Callable | None = None,
-        seeds_cfg: dict | None = None) -> dict:
-    """Write ``out_dir`` (PNG folders + manifest.json) atomically; return the manifest."""
+        seeds_cfg: dict | None = None, saliency_folder: str | Path | None = None) -> dict:
+    """Write ``out_dir`` (PNG folders + manifest.json) atomically; return the manifest.
+    ``saliency_folder``: the saliency maps (``<id>.png``) of the image+saliency seeds, when they
+    do not come from the config (``seeds.saliency_dir`` or the dataset's ``Saliency/``)."""
     from icd_pipeline.data.voc import VOCLayout
 
     from ..misc.progress import progress as progress_bar
@@ -221,9 +250,10 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     layout = VOCLayout.open(data_root)
     ids = layout.ids(split)
     num_labels = layout.num_classes
-    methods = methods_for(seeds_cfg, data_root)
-    if SALIENCY_METHOD in methods:
-        check_saliency(ids, saliency_dir(seeds_cfg or {}, data_root))
+    methods = methods_for(seeds_cfg, data_root, saliency_folder)
+    sal_folder = saliency_folder_for(seeds_cfg, data_root, saliency_folder)
+    if sal_folder is not None:
+        check_saliency(ids, sal_folder)
     reader = reader_factory(str(maps_path))
     try:
         available = set(reader.ids)
@@ -243,7 +273,8 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     with atomic_dir(out_dir) as tmp:
         for m in methods:
             (tmp / m).mkdir()
-        initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory, seeds_cfg)
+        initargs = (str(maps_path), str(data_root), str(tmp), num_labels, pm_cfg, reader_factory, seeds_cfg,
+                    None if sal_folder is None else str(sal_folder))
         bar = progress_bar(total=len(ids), desc=f"pseudo-masks {split}", unit="img", file=sys.stderr, disable=not progress)
         if workers <= 1:
             _init_worker(*initargs)
@@ -274,6 +305,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "methods": list(methods),
             "config": pm_cfg,
             "seeds": seeds_cfg or {},
+            "saliency_dir": None if sal_folder is None else str(sal_folder),
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
@@ -295,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--maps", required=True, help="maps HDF5 file (extract_maps output)")
     parser.add_argument("--out-dir", required=True, help="output folder (cam/ cam_crf/ icd_seed/ icd_crf/)")
+    parser.add_argument("--saliency-dir", default=None,
+                        help="saliency maps (<id>.png, the saliency stage's) for the image+saliency seeds; "
+                             "default: seeds.saliency_dir, or the dataset's Saliency/")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: OMP_NUM_THREADS, else 1)")
     args = parser.parse_args(argv)
@@ -306,12 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--workers must be at least 1")
         t0 = time.time()
         manifest = run(args.data_root, args.split, args.maps, args.out_dir, cfg["pseudo_masks"], workers=workers,
-                       seeds_cfg=cfg["seeds"])
+                       seeds_cfg=cfg["seeds"], saliency_folder=args.saliency_dir)
         dt = time.time() - t0
         log.info("%d images in %.1f s (%.1f img/s, %d workers) -> %s", manifest["num_images"], dt,
                  manifest["num_images"] / max(dt, 1e-9), workers, args.out_dir)
         for m, frac in manifest["pixel_fractions"].items():
-            log.info("%-9s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
+            log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
                      frac["foreground"], frac["ignore"])
     except (DataError, ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -319,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["METHODS", "SALIENCY_METHOD", "methods_for", "cell_size", "pseudo_masks_for_image", "run", "main"]
+__all__ = ["METHODS", "SALIENCY_METHOD", "SALIENCY_METHODS", "SALIENCY_CRF_METHODS", "saliency_methods",
+           "saliency_folder_for", "methods_for", "cell_size", "pseudo_masks_for_image", "run", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

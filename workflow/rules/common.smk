@@ -50,6 +50,7 @@ BENCH = f"{RES}/benchmarks"
 TRAIN_SPLIT = config["dataset"]["train_split"]
 EVAL_SPLIT = config["dataset"]["eval_split"]
 PACKAGE = Path(workflow.basedir).parent / "icd_pipeline"
+from icd_pipeline.models.saliency import KNOWN_MODELS as KNOWN_SALIENCY_MODELS
 
 
 # Stages run `python -m icd_pipeline...`: put the interpreter that runs Snakemake first on
@@ -128,6 +129,61 @@ def superpixel_key():
     )
 
 
+def saliency_key():
+    """The shared folder of this saliency setting, <model>-<hash of the saliency section> (for a
+    model given by path, of the file's sha256 too): experiments that agree on it share the maps.
+    """
+    sal = config["saliency"]
+    settings = stage_config("saliency")
+    model = Path(os.path.expanduser(sal["model"]))
+    if sal["model"] not in KNOWN_SALIENCY_MODELS and model.is_file():
+        from icd_pipeline.misc.io import sha256_file
+
+        settings += sha256_file(model)
+        name = model.stem
+    else:
+        name = sal["model"]
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
+def saliency_inputs(wildcards):
+    """The saliency stage reads the dataset and the model file; a model that is not installed
+    stops the DAG with the command that fetches it."""
+    from icd_pipeline.models.saliency import SaliencyModelError, resolve_model
+
+    try:
+        model, _ = resolve_model(config["saliency"]["model"])
+    except SaliencyModelError as exc:
+        raise WorkflowError(str(exc)) from None
+    return {"manifest": f"{DATA_RES}/data/manifest.json", "model": str(model)}
+
+
+def stage_saliency_maps():
+    """The saliency stage's maps of the training split when the seeds need them: with
+    seeds.background saliency, no seeds.saliency_dir, and not the embedded generator's
+    synthetic Saliency/ (which make_pseudo_masks reads itself, as before); else None."""
+    seeds, dataset = config["seeds"], config["dataset"]
+    if seeds["background"] != "saliency" or seeds["saliency_dir"]:
+        return None
+    if dataset["source"] == "synthetic" and dataset["synthetic"]["saliency"]["enabled"]:
+        return None
+    return f"{SALIENCY}/{TRAIN_SPLIT}"
+
+
+def pseudo_mask_inputs(wildcards):
+    """make_pseudo_masks reads the maps, and the saliency stage's maps when the seeds use them."""
+    inputs = {"maps": f"{MAPS}/{TRAIN_SPLIT}.h5"}
+    if stage_saliency_maps():
+        inputs["saliency"] = stage_saliency_maps()
+    return inputs
+
+
+def saliency_arg(wildcards, input):
+    """' --saliency-dir DIR' when the rule's input has the saliency stage's maps."""
+    return f" --saliency-dir {input.saliency}" if "saliency" in input.keys() else ""
+
+
 def stage_config(*sections):
     """The config sections a stage reads, as stable JSON: a rule param, so editing one of
     these sections reruns the stage (and everything downstream), and nothing else does.
@@ -172,21 +228,29 @@ def cache_arg(wildcards, input):
 
 def mask_dir_arg(wildcards, input):
     """pseudo: the masks deeplab.pseudo_masks names (icd_crf, the paper's; or icd_seed, the
-    ICD seeds with their 255), or icd_sal when seeds.background is saliency; saliency: the
-    ICD+saliency seeds (benchmark row); full: ground truth (no argument).
+    ICD seeds with their 255), or the image+saliency ones when seeds.background is saliency;
+    saliency: the image+saliency masks (benchmark row); full: ground truth (no argument).
     """
     target = wildcards.get("target", "full")
     if target == "saliency":
-        return f"--mask-dir {input.masks}/icd_sal"
+        return f"--mask-dir {input.masks}/{saliency_mask_folder()}"
     if target == "pseudo":
         return f"--mask-dir {input.masks}/{pseudo_mask_folder()}"
     return ""
 
 
+def saliency_mask_folder():
+    """The image+saliency masks DeepLab trains on: <seeds.saliency_classes>_sal, the CRF's
+    <...>_sal_crf with seeds.saliency_crf."""
+    seeds = config["seeds"]
+    crf = "_crf" if seeds["saliency_crf"] else ""
+    return f"{seeds['saliency_classes']}_sal{crf}"
+
+
 def pseudo_mask_folder():
     """The pseudo-mask folder the "pseudo" DeepLab trains on."""
     if config["seeds"]["background"] == "saliency":
-        return "icd_sal"
+        return saliency_mask_folder()
     return config["deeplab"]["pseudo_masks"]
 
 

@@ -4,7 +4,7 @@
 
 rule make_pseudo_masks:
     input:
-        maps=f"{MAPS}/{TRAIN_SPLIT}.h5",
+        unpack(pseudo_mask_inputs),
     output:
         masks=directory(f"{RES}/pseudo_masks/masks"),
     log:
@@ -25,9 +25,10 @@ rule make_pseudo_masks:
             "stages/make_pseudo_masks.py", "seeds.py", "crf.py", "maps_io.py"
         ),
         root=lambda w: data_root(),
+        saliency=saliency_arg,
     shell:
         "python -m icd_pipeline.stages.make_pseudo_masks --config-json {params.cfg:q}"
-        " --data-root {params.root} --split {params.split}"
+        " --data-root {params.root} --split {params.split}{params.saliency}"
         " --maps {input.maps} --out-dir {output.masks} > {log} 2>&1"
 
 
