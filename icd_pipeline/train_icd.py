@@ -44,9 +44,10 @@ from .config import ConfigError, add_config_args, config_from_args
 from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayout, image_size, multi_hot,
                        read_image)
 from .losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, cls_loss, param_groups,
-                     poly_lr, pos_neg_normalize, set_lr, sign_of, sp_refine, td_loss, td_targets, update_sign,
+                     poly_lr, pos_neg_normalize, set_lr, sp_refine, td_loss, td_targets, update_sign,
                      warmup_iterations, warmup_weight)
-from .diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics
+from .diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics, class_pixels
+from .directions import candidate_agreement, deflated_projections, gather_candidate, update_agreement
 from .misc import distributed as D
 from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
                             check_cache_argument)
@@ -163,6 +164,31 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     write_csv_rows(path, rows, METRIC_COLUMNS)
 
 
+def candidate_bottom_up(model: ICDModel, p: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
+                        region: torch.Tensor | None, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``icd.directions`` R > 1 (directions.py): L_bu summed over the R candidates with Sanger's
+    deflation, each candidate's sign EMA updated as the paper's (spec 2.3), the agreement EMA
+    with the CAM updated and the working candidate of each class chosen by it. ``p``: (N, K, R,
+    h, w) plain projections. Returns (L_bu, working scores b (N, K, h, w), their signs (K,))."""
+    N, K, R, h, w = p.shape
+    deflated = deflated_projections(p, model.directions_hat())
+    l_bu = sum((bu_loss_regions(deflated[:, :, r], y, region, weight=cfg["bu_weight"]) if region is not None
+                else bu_loss(deflated[:, :, r], y, weight=cfg["bu_weight"])) for r in range(R))
+    with torch.no_grad():
+        acc = model.candidate_sign_acc()
+        flat_region = None if region is None else region.repeat_interleave(R, dim=1)
+        sigma_all = update_sign(acc.view(K * R, 2), p.detach().reshape(N, K * R, h, w),
+                                cam_relu.repeat_interleave(R, dim=1), y.repeat_interleave(R, dim=1), momentum=0.9,
+                                reduce=D.all_reduce_sum, region=flat_region).view(K, R)
+        model.set_candidate_sign_acc(acc)
+        s_all = p.detach() * sigma_all[None, :, :, None, None]
+        corr, valid = candidate_agreement(s_all, cam_relu, class_pixels(cam_relu, y, cfg["bottom_up_floor"]))
+        chosen = update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=D.all_reduce_sum)
+        model.direction.copy_(chosen)
+        sigma = sigma_all.gather(1, chosen.to(sigma_all.device)[:, None]).squeeze(1)
+    return l_bu, gather_candidate(p, chosen), sigma
+
+
 def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
                omega: float, amp: bool, net: torch.nn.Module | None = None) -> dict:
     """Forward + losses of one iteration (spec 2.7); returns the losses and monitors. ``images``:
@@ -180,15 +206,19 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     region = None  # the paper: L_bu from single-label images, sign and targets over every pixel
     if cfg["bottom_up_images"] == "all":
         region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
+    if "bu_candidates" in out:  # icd.directions > 1: every candidate learns, the CAM picks one
+        l_bu, b, sigma = candidate_bottom_up(model, out["bu_candidates"], cam.detach().relu(), y, region, cfg)
+    elif region is not None:
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
-        if cfg["bottom_up_region"] == "owned_negatives":  # other classes' pixels: c's background
-            l_bu = l_bu + bu_negative_loss(b, y, region, sign_of(model.sign_acc),
-                                           weight=cfg["bu_weight"] * cfg["bottom_up_negative_weight"])
     else:
         l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
+    if cfg["bottom_up_region"] == "owned_negatives" and region is not None:  # other classes' pixels: background
+        l_bu = l_bu + bu_negative_loss(b, y, region, model.sign(),
+                                       weight=cfg["bu_weight"] * cfg["bottom_up_negative_weight"])
     with torch.no_grad():
-        sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
-                            reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
+        if "bu_candidates" not in out:
+            sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
+                                reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         if region is not None:  # targets from the same pixels: none where another class owns
             s = s * region
@@ -343,7 +373,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                **clip_log.metrics()}
         rows.append(row)
         diag.load_state(D.all_reduce_sum(diag.state().to(device)))
-        diag_rows.extend(diag.rows(epoch + 1, fg_names, model.sign_acc))
+        diag_rows.extend(diag.rows(epoch + 1, fg_names, model.working_sign_acc()))
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s%s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds,
