@@ -14,6 +14,8 @@ alone, :func:`class_pixels`), and averaged per class over an epoch:
 - ``td_fg``: the share the top-down map calls foreground (T_c > 0);
 - ``cam_fg``: the share where the normalised CAM reaches ``cam_level`` (what the CAM seeds
   call foreground at that background threshold);
+- ``agreement_ema`` / ``direction``: the model's running agreement of its working direction
+  (``directions.update_agreement``) and which candidate that is (0 = the paper's W);
 - ``sign_margin``: (|acc+ - acc-|) / (acc+ + acc-) of the sign EMA (spec 2.3): how clearly the
   CAM prefers one side of the direction.
 
@@ -28,7 +30,8 @@ import torch
 
 from .losses import bottom_up_region
 
-DIAGNOSTIC_COLUMNS = ("epoch", "class", "images", "agreement", "sign_margin", "bu_fg", "td_fg", "cam_fg")
+DIAGNOSTIC_COLUMNS = ("epoch", "class", "images", "agreement", "agreement_ema", "direction", "sign_margin", "bu_fg",
+                      "td_fg", "cam_fg")
 PER_IMAGE_KEYS = ("agreement", "bu_fg", "td_fg", "cam_fg")
 
 
@@ -114,8 +117,10 @@ class EpochDiagnostics:
     def load_state(self, state: torch.Tensor) -> None:
         self.sums, self.count = state[:-1].double().cpu(), state[-1].double().cpu()
 
-    def rows(self, epoch: int, class_names: Sequence[str], sign_acc: torch.Tensor) -> list[dict]:
-        """One row per class seen this epoch (``DIAGNOSTIC_COLUMNS``)."""
+    def rows(self, epoch: int, class_names: Sequence[str], sign_acc: torch.Tensor,
+             agreement_ema: torch.Tensor | None = None, direction: torch.Tensor | None = None) -> list[dict]:
+        """One row per class seen this epoch (``DIAGNOSTIC_COLUMNS``); ``agreement_ema`` and
+        ``direction``: the model's agreement EMA and working candidate at the epoch's end."""
         margin = sign_margin(sign_acc).cpu()
         out = []
         for c, name in enumerate(class_names):
@@ -123,6 +128,10 @@ class EpochDiagnostics:
             if n == 0:
                 continue
             row = {"epoch": epoch, "class": name, "images": int(n), "sign_margin": float(margin[c])}
+            if agreement_ema is not None:
+                row["agreement_ema"] = float(agreement_ema[c])
+            if direction is not None:
+                row["direction"] = int(direction[c])
             row.update({key: float(self.sums[i, c] / n) for i, key in enumerate(PER_IMAGE_KEYS)})
             out.append(row)
         return out

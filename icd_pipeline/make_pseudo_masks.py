@@ -47,7 +47,7 @@ import numpy as np
 from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seed, upsample_maps
+from icd_pipeline.seeds import EPS, VOID, cam_fallback_classes, cam_seed, icd_seed, saliency_seed, upsample_maps
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -112,10 +112,11 @@ def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
 
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
-                           saliency: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                           saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """The label maps (uint8, H x W) of one image from its maps ``record``
     (``MapsReader.read`` output): the four of METHODS, plus ``icd_sal`` when ``saliency``
-    (H x W in [0, 1]) is given."""
+    (H x W in [0, 1]) is given. ``cam_fallback``: class ids whose ICD seed comes from the CAM
+    (``seeds.cam_fallback_below``; the image's own classes are picked here)."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -138,10 +139,12 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         seeds_cfg = seeds_cfg or {}
         icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
         icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
-        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg)
+        fallback = {"cam_fallback": [c for c in class_ids if c in set(cam_fallback)],
+                    "cam_threshold": pm_cfg.get("cam_bg_threshold", 0.3)}
+        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg, **fallback)
         if saliency is not None:
             sal = saliency_seed(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
-                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg, icd_fg)
+                                seeds_cfg.get("saliency_min_area", 0.01), icd_bg, icd_fg, **fallback)
     out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
@@ -169,7 +172,10 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
 
         reader_factory = MapsReader
     _STATE.clear()
-    _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
+    reader = reader_factory(maps_path)
+    fallback = cam_fallback_classes(getattr(reader, "attrs", {}).get("class_agreement"),
+                                    (seeds_cfg or {}).get("cam_fallback_below"))
+    _STATE.update(reader=reader, cam_fallback=fallback, layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
                   num_labels=num_labels, pm_cfg=pm_cfg, seeds_cfg=seeds_cfg or {},
                   saliency_dir=(saliency_dir(seeds_cfg or {}, data_root)
                                 if SALIENCY_METHOD in methods_for(seeds_cfg, data_root) else None))
@@ -189,7 +195,7 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
         saliency = read_saliency(_STATE["saliency_dir"] / f"{image_id}.png", image.shape[:2])
     try:
         masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell,
-                                       _STATE["seeds_cfg"], saliency)
+                                       _STATE["seeds_cfg"], saliency, _STATE["cam_fallback"])
     except ValueError as exc:
         raise ValueError(f"{image_id}: {exc}") from None
     counts = {}
@@ -231,6 +237,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             raise ValueError(f"{maps_path}: no maps for {len(missing)} id(s) of split {split!r}, "
                              f"e.g. {missing[:3]}")
         attrs = dict(getattr(reader, "attrs", {}) or {})
+        fallback = cam_fallback_classes(attrs.get("class_agreement"), (seeds_cfg or {}).get("cam_fallback_below"))
     finally:
         close = getattr(reader, "close", None)
         if close:
@@ -273,6 +280,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "methods": list(methods),
             "config": pm_cfg,
             "seeds": seeds_cfg or {},
+            "cam_fallback": [layout.class_names[c] for c in fallback],
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
@@ -309,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dt = time.time() - t0
         log.info("%d images in %.1f s (%.1f img/s, %d workers) -> %s", manifest["num_images"], dt,
                  manifest["num_images"] / max(dt, 1e-9), workers, args.out_dir)
+        if manifest["cam_fallback"]:
+            log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
+                     ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-9s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
                      frac["foreground"], frac["ignore"])

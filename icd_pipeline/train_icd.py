@@ -219,6 +219,11 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
         if "bu_candidates" not in out:
             sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
                                 reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
+            # the direction's agreement with the CAM (a statistic here; directions.py)
+            corr, valid = candidate_agreement((b.detach() * sigma[None, :, None, None])[:, :, None],
+                                              cam.detach().relu(), class_pixels(cam.detach().relu(), y,
+                                                                                cfg["bottom_up_floor"]))
+            update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=D.all_reduce_sum)
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         if region is not None:  # targets from the same pixels: none where another class owns
             s = s * region
@@ -373,7 +378,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                **clip_log.metrics()}
         rows.append(row)
         diag.load_state(D.all_reduce_sum(diag.state().to(device)))
-        diag_rows.extend(diag.rows(epoch + 1, fg_names, model.working_sign_acc()))
+        diag_rows.extend(diag.rows(epoch + 1, fg_names, model.working_sign_acc(),
+                                   model.working_agreement(), model.direction))
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s%s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds,

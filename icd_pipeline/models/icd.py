@@ -84,13 +84,19 @@ class ICDModel(nn.Module):
         # after every other parameter, so the paper's parameters are initialised as with R = 1.
         if int(directions) < 1:
             raise ValueError(f"directions must be >= 1, got {directions}")
-        self.num_directions = int(directions)
-        if self.num_directions > 1:
-            R = self.num_directions
+        self.num_directions = R = int(directions)
+        if R > 1:
             self.W_alt = nn.Parameter(torch.randn(K, R - 1, C) * w_init_std)
             self.register_buffer("sign_acc_alt", torch.zeros(K, R - 1, 2))
-            self.register_buffer("agree_acc", torch.zeros(K, R))
-            self.register_buffer("direction", torch.zeros(K, dtype=torch.long))
+        # statistics only (no effect on the paper's training): the agreement EMA of every
+        # candidate with the CAM and the working candidate; the seeds' CAM fallback reads them
+        self.register_buffer("agree_acc", torch.zeros(K, R))
+        self.register_buffer("direction", torch.zeros(K, dtype=torch.long))
+
+    def working_agreement(self) -> torch.Tensor:
+        """(K,) agreement EMA of each class's working direction with the CAM (NaN when the
+        checkpoint predates it)."""
+        return self.agree_acc[torch.arange(self.num_classes, device=self.agree_acc.device), self.direction]
 
     def _init_heads(self, fc: dict[str, torch.Tensor] | None) -> None:
         # N(0, 0.01^2), the official code's initializer for parameters missing from the
@@ -282,8 +288,12 @@ def load_icd_model(path: str | Path, map_location: str | torch.device = "cpu",
     cfg = dict(meta.get("config", {}))
     cfg.update(backbone=meta["backbone"], output_stride=meta["output_stride"], head_channels=meta["head_channels"])
     model = build_icd_model(cfg, meta["num_classes"], pretrained=False)
+    state = dict(ckpt["state_dict"])
+    if "agree_acc" not in state and "W_alt" not in state:  # written before issue 33: agreement unknown
+        state["agree_acc"] = torch.full_like(model.agree_acc, float("nan"))
+        state["direction"] = torch.zeros_like(model.direction)
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit backbone {meta['backbone']!r} "
                               f"with {meta['num_classes']} classes ({str(exc).splitlines()[0]})") from exc
