@@ -73,7 +73,7 @@ def stage(args: list[str], log: Path) -> None:
 def chain(exp: str, split: str, seed: int, data_root: str, superpixels: str, features: str, overrides: dict,
           crf: bool = True) -> Path:
     out = run_dir(exp, split, seed)
-    if (out / "pseudo_masks" / "table.csv").is_file() or (not crf and (out / "quick.csv").is_file()):
+    if (out / "pseudo_masks" / "table.csv").is_file() or (not crf and (out / "maps" / f"{split}.h5").is_file()):
         print(f"{out.name}: done already", flush=True)
         return out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,6 @@ def chain(exp: str, split: str, seed: int, data_root: str, superpixels: str, fea
                str(out / "icd" / "model.pt"), "--feature-cache", features, "--out", str(maps), "--no-progress"],
               out / "logs" / "extract_maps.log")
     if not crf:
-        quick(out, data_root, split, cfg_json)
         return out
     masks = out / "pseudo_masks" / "masks"
     if not masks.is_dir():
@@ -107,40 +106,86 @@ def chain(exp: str, split: str, seed: int, data_root: str, superpixels: str, fea
     return out
 
 
-# --------------------------------------------------------------------------- quick figures (no CRF)
+# --------------------------------------------------------------------------- quick figures
 
 
-def quick(out: Path, data_root: str, split: str, cfg_json: str) -> pd.DataFrame:
-    """CAM and ICD seed mIoU without CRF (255 counted as background) from the run's maps."""
-    from icd_pipeline.config import load_config
-    from icd_pipeline.data.voc import VOCLayout, read_mask
-    from icd_pipeline.evaluate import Evaluator, scores
-    from icd_pipeline.make_pseudo_masks import cell_size
+_Q: dict = {}
+
+
+def _quick_init(maps_path, data_root, cfg, fallback):
+    from icd_pipeline.data.voc import VOCLayout
     from icd_pipeline.maps_io import MapsReader
+
+    _Q.update(reader=MapsReader(maps_path), layout=VOCLayout.open(data_root), cfg=cfg, fallback=fallback)
+
+
+def _quick_image(args):
+    """Confusion matrices of one image: CAM and ICD seeds, and with ``crf`` their CRF too."""
+    from icd_pipeline.crf import crf_from_labels, crf_params_from_config
+    from icd_pipeline.data.voc import read_image, read_mask
+    from icd_pipeline.evaluate import confusion_matrix
+    from icd_pipeline.make_pseudo_masks import cell_size
     from icd_pipeline.seeds import cam_seed, icd_seed, upsample_maps
+
+    image_id, crf = args
+    reader, layout, cfg = _Q["reader"], _Q["layout"], _Q["cfg"]
+    rec = reader.read(image_id)
+    hw = tuple(rec["image_hw"])
+    cell = cell_size(rec, reader.attrs)
+    cam = upsample_maps(rec["cam"], hw, rec.get("valid_hw"), cell)
+    td = upsample_maps(rec["td"], hw, rec.get("valid_hw"), cell)
+    ids = [int(c) for c in rec["class_ids"]]
+    pm, sd = cfg["pseudo_masks"], cfg["seeds"]
+    seeds = {"CAM": cam_seed(cam, ids, pm["cam_bg_threshold"]),
+             "ICD": icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"],
+                             [c for c in ids if c in _Q["fallback"]], pm["cam_bg_threshold"])}
+    if crf:
+        kw = crf_params_from_config(pm["crf"])
+        if pm["crf"].get("labels", "all") == "present":
+            kw["present"] = ids
+        image = read_image(layout.image_path(image_id))
+        for m in ("CAM", "ICD"):
+            seeds[m + "+CRF"] = crf_from_labels(image, seeds[m], layout.num_classes, pm["crf"]["unary_confidence"],
+                                                pm["crf"]["min_posterior"], **kw)
+    gt = read_mask(layout.mask_path(image_id), layout.num_classes)
+    return {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
+
+
+def quick(out: Path, data_root: str, split: str, cfg_json: str, crf_every: int = 0, tag: str = "quick",
+          score_split: str | None = None) -> pd.DataFrame:
+    """CAM and ICD seed IoU (255 counted as background) from the run's maps over ``score_split``
+    (default: the run's list), and with ``crf_every`` k > 0 CAM+CRF / ICD+CRF on every k-th image
+    (the cheap figures for iterating; the seed settings come from ``cfg_json``)."""
+    import multiprocessing as mp
+
+    from icd_pipeline.config import load_config
+    from icd_pipeline.data.voc import VOCLayout
+    from icd_pipeline.evaluate import scores
+    from icd_pipeline.maps_io import MapsReader
+    from icd_pipeline.seeds import cam_fallback_classes
 
     cfg = load_config([ROOT / f for f in PRESET], cfg_json)
     layout = VOCLayout.open(data_root)
-    evs = {"CAM": Evaluator(layout.num_classes), "ICD": Evaluator(layout.num_classes)}
-    with MapsReader(out / "maps" / f"{split}.h5") as reader:
-        for image_id in layout.ids(split):
-            rec = reader.read(image_id)
-            hw = tuple(rec["image_hw"])
-            cell = cell_size(rec, reader.attrs)
-            cam = upsample_maps(rec["cam"], hw, rec.get("valid_hw"), cell)
-            td = upsample_maps(rec["td"], hw, rec.get("valid_hw"), cell)
-            ids = [int(c) for c in rec["class_ids"]]
-            gt = read_mask(layout.mask_path(image_id), layout.num_classes)
-            evs["CAM"].add(gt, cam_seed(cam, ids, cfg["pseudo_masks"]["cam_bg_threshold"]))
-            evs["ICD"].add(gt, icd_seed(td, cam, ids, cfg["seeds"]["icd_bg_threshold"],
-                                        cfg["seeds"]["icd_fg_threshold"]))
+    maps_path = out / "maps" / f"{split}.h5"
+    with MapsReader(maps_path) as reader:
+        fallback = cam_fallback_classes(reader.attrs.get("class_agreement"), cfg["seeds"].get("cam_fallback_below"))
+    ids = layout.ids(score_split or split)
+    jobs = [(i, crf_every > 0 and n % crf_every == 0) for n, i in enumerate(ids)]
+    cms: dict[str, np.ndarray] = {}
+    with mp.get_context("fork").Pool(2, initializer=_quick_init,
+                                     initargs=(maps_path, data_root, cfg, set(fallback))) as pool:
+        for res in pool.imap(_quick_image, jobs, chunksize=8):
+            for m, cm in res.items():
+                cms[m] = cms.get(m, 0) + cm
     rows = []
-    for label, ev in evs.items():
-        iou = scores(ev.cm)["iou"]
+    for label, cm in cms.items():
+        iou = scores(cm)["iou"]
         rows += [{"method": label, "class": n, "iou": iou[c]} for c, n in enumerate(layout.class_names)]
     df = pd.DataFrame(rows)
-    df.to_csv(out / "quick.csv", index=False, float_format="%.6f")
-    print(df.groupby("method")["iou"].mean().round(4).to_string(), flush=True)
+    df.to_csv(out / f"{tag}.csv", index=False, float_format="%.6f")
+    (out / f"{tag}.json").write_text(json.dumps({"cfg": json.loads(cfg_json), "crf_every": crf_every,
+                                                 "score_split": score_split or split,
+                                                 "fallback": [layout.class_names[c] for c in fallback]}) + "\n")
     return df
 
 
@@ -335,6 +380,14 @@ def main(argv=None) -> int:
     p.add_argument("--lists", nargs="+", default=["train", "train_animals"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", type=Path)
+    q = sub.add_parser("quick")
+    q.add_argument("--exp", required=True)
+    q.add_argument("--lists", nargs="+", default=["train", "train_animals"])
+    q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    q.add_argument("--data-root", default=DATA)
+    q.add_argument("--set", default="{}", help="JSON seed-setting overrides (seeds, pseudo_masks)")
+    q.add_argument("--crf-every", type=int, default=0, help="CRF rows on every k-th image (0: none)")
+    q.add_argument("--tag", default="quick")
     d = sub.add_parser("diagnose")
     d.add_argument("--exp", required=True)
     d.add_argument("--lists", nargs="+", default=["train", "train_animals"])
@@ -346,6 +399,24 @@ def main(argv=None) -> int:
         for lst in args.lists:
             for s in args.seeds:
                 chain(args.exp, lst, s, args.data_root, args.superpixels, args.features, overrides, crf=not args.no_crf)
+    elif args.cmd == "quick":
+        table = {}
+        for lst in args.lists:
+            for s in args.seeds:
+                out = run_dir(args.exp, lst, s)
+                cfg_json = json.dumps(deep_merge({"seed": s, "dataset": {"root": args.data_root, "train_split": lst}},
+                                                 json.loads(args.set)))
+                views = [(lst, None)] + ([("train→animals", "train_animals")] if lst == "train" else [])
+                for view, score_split in views:
+                    tag = args.tag + ("" if score_split is None else "_animals")
+                    df = quick(out, args.data_root, lst, cfg_json, args.crf_every, tag, score_split)
+                    table[(view, s)] = df.groupby("method")["iou"].mean()
+        t = pd.DataFrame(table).T
+        if "ICD+CRF" in t:
+            t["ICD+CRF - CAM+CRF"] = t["ICD+CRF"] - t["CAM+CRF"]
+        t["ICD - CAM"] = t["ICD"] - t["CAM"]
+        print(t.round(4).to_string())
+        print(t.groupby(level=0).mean().round(4).to_string())
     elif args.cmd == "report":
         print(report(args.exp, args.lists, args.seeds, args.out))
     else:

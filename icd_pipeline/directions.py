@@ -23,7 +23,8 @@ from typing import Callable
 
 import torch
 
-from .diagnostics import masked_pearson, normalised_cam
+from .diagnostics import class_pixels, masked_pearson, normalised_cam
+from .losses import bu_loss, bu_loss_regions, update_sign
 
 
 def deflated_projections(p: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
@@ -93,4 +94,45 @@ def gather_candidate(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t.gather(2, idx).squeeze(2)
 
 
-__all__ = ["deflated_projections", "candidate_agreement", "update_agreement", "choose", "gather_candidate"]
+@torch.no_grad()
+def track_agreement(model, b: torch.Tensor, sigma: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
+                    floor: float = 0.2, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """With one direction (the paper's training, unchanged): update the model's agreement EMA of
+    that direction with the CAM, which ``seeds.cam_fallback_below`` reads. ``b`` (N, K, h, w)
+    raw bottom-up scores, ``sigma`` (K,) their signs."""
+    corr, valid = candidate_agreement((b * sigma.to(b.device)[None, :, None, None])[:, :, None], cam_relu,
+                                      class_pixels(cam_relu, y, floor))
+    update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=reduce)
+
+
+def candidate_bottom_up(model, p: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
+                        region: torch.Tensor | None, cfg: dict,
+                        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``icd.directions`` R > 1 (directions.py): L_bu summed over the R candidates with Sanger's
+    deflation, each candidate's sign EMA updated as the paper's (spec 2.3), the agreement EMA
+    with the CAM updated and the working candidate of each class chosen by it. ``p``: (N, K, R,
+    h, w) plain projections (the model's ``bu_candidates``), ``region`` the bottom-up region
+    (None: the paper's single-label images), ``reduce`` a sum over training processes. Returns
+    (L_bu, working scores b (N, K, h, w) with their gradient, their signs (K,))."""
+    N, K, R, h, w = p.shape
+    deflated = deflated_projections(p, model.directions_hat())
+    l_bu = sum((bu_loss_regions(deflated[:, :, r], y, region, weight=cfg["bu_weight"]) if region is not None
+                else bu_loss(deflated[:, :, r], y, weight=cfg["bu_weight"])) for r in range(R))
+    with torch.no_grad():
+        acc = model.candidate_sign_acc()
+        flat_region = None if region is None else region.repeat_interleave(R, dim=1)
+        sigma_all = update_sign(acc.view(K * R, 2), p.detach().reshape(N, K * R, h, w),
+                                cam_relu.repeat_interleave(R, dim=1), y.repeat_interleave(R, dim=1), momentum=0.9,
+                                reduce=reduce, region=flat_region).view(K, R)
+        model.set_candidate_sign_acc(acc)
+        s_all = p.detach() * sigma_all[None, :, :, None, None]
+        corr, valid = candidate_agreement(s_all, cam_relu, class_pixels(cam_relu, y, cfg["bottom_up_floor"]))
+        chosen = update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=reduce)
+        model.direction.copy_(chosen)
+        sigma = sigma_all.gather(1, chosen.to(sigma_all.device)[:, None]).squeeze(1)
+    return l_bu, gather_candidate(p, chosen), sigma
+
+
+__all__ = ["candidate_bottom_up", "track_agreement", "deflated_projections", "candidate_agreement",
+           "update_agreement", "choose", "gather_candidate"]

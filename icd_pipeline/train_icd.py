@@ -46,8 +46,8 @@ from .data.voc import (ClassificationDataset, DataError, TrainTransform, VOCLayo
 from .losses import (bottom_up_region, bu_loss, bu_loss_regions, bu_negative_loss, cls_loss, param_groups,
                      poly_lr, pos_neg_normalize, set_lr, sp_refine, td_loss, td_targets, update_sign,
                      warmup_iterations, warmup_weight)
-from .diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics, class_pixels
-from .directions import candidate_agreement, deflated_projections, gather_candidate, update_agreement
+from .diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics
+from .directions import candidate_bottom_up, track_agreement
 from .misc import distributed as D
 from .feature_cache import (CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen,
                             check_cache_argument)
@@ -164,31 +164,6 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     write_csv_rows(path, rows, METRIC_COLUMNS)
 
 
-def candidate_bottom_up(model: ICDModel, p: torch.Tensor, cam_relu: torch.Tensor, y: torch.Tensor,
-                        region: torch.Tensor | None, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``icd.directions`` R > 1 (directions.py): L_bu summed over the R candidates with Sanger's
-    deflation, each candidate's sign EMA updated as the paper's (spec 2.3), the agreement EMA
-    with the CAM updated and the working candidate of each class chosen by it. ``p``: (N, K, R,
-    h, w) plain projections. Returns (L_bu, working scores b (N, K, h, w), their signs (K,))."""
-    N, K, R, h, w = p.shape
-    deflated = deflated_projections(p, model.directions_hat())
-    l_bu = sum((bu_loss_regions(deflated[:, :, r], y, region, weight=cfg["bu_weight"]) if region is not None
-                else bu_loss(deflated[:, :, r], y, weight=cfg["bu_weight"])) for r in range(R))
-    with torch.no_grad():
-        acc = model.candidate_sign_acc()
-        flat_region = None if region is None else region.repeat_interleave(R, dim=1)
-        sigma_all = update_sign(acc.view(K * R, 2), p.detach().reshape(N, K * R, h, w),
-                                cam_relu.repeat_interleave(R, dim=1), y.repeat_interleave(R, dim=1), momentum=0.9,
-                                reduce=D.all_reduce_sum, region=flat_region).view(K, R)
-        model.set_candidate_sign_acc(acc)
-        s_all = p.detach() * sigma_all[None, :, :, None, None]
-        corr, valid = candidate_agreement(s_all, cam_relu, class_pixels(cam_relu, y, cfg["bottom_up_floor"]))
-        chosen = update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=D.all_reduce_sum)
-        model.direction.copy_(chosen)
-        sigma = sigma_all.gather(1, chosen.to(sigma_all.device)[:, None]).squeeze(1)
-    return l_bu, gather_candidate(p, chosen), sigma
-
-
 def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp: torch.Tensor, cfg: dict,
                omega: float, amp: bool, net: torch.nn.Module | None = None) -> dict:
     """Forward + losses of one iteration (spec 2.7); returns the losses and monitors. ``images``:
@@ -207,7 +182,8 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     if cfg["bottom_up_images"] == "all":
         region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
     if "bu_candidates" in out:  # icd.directions > 1: every candidate learns, the CAM picks one
-        l_bu, b, sigma = candidate_bottom_up(model, out["bu_candidates"], cam.detach().relu(), y, region, cfg)
+        l_bu, b, sigma = candidate_bottom_up(model, out["bu_candidates"], cam.detach().relu(), y, region, cfg,
+                                             reduce=D.all_reduce_sum)
     elif region is not None:
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
     else:
@@ -219,11 +195,8 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
         if "bu_candidates" not in out:
             sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
                                 reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
-            # the direction's agreement with the CAM (a statistic here; directions.py)
-            corr, valid = candidate_agreement((b.detach() * sigma[None, :, None, None])[:, :, None],
-                                              cam.detach().relu(), class_pixels(cam.detach().relu(), y,
-                                                                                cfg["bottom_up_floor"]))
-            update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=D.all_reduce_sum)
+            track_agreement(model, b.detach(), sigma, cam.detach().relu(), y, cfg["bottom_up_floor"],
+                            reduce=D.all_reduce_sum)  # a statistic with one direction (directions.py)
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         if region is not None:  # targets from the same pixels: none where another class owns
             s = s * region
