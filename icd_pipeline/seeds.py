@@ -106,8 +106,16 @@ def _check_threshold(value: float, name: str) -> float:
     return t
 
 
+def _fallback_rows(class_ids: Sequence[int], cam_fallback: Sequence[int]) -> np.ndarray:
+    """(K,) bool: which of the present classes take their seed from the CAM."""
+    unknown = set(int(c) for c in cam_fallback) - set(int(c) for c in class_ids)
+    if unknown:
+        raise ValueError(f"cam_fallback classes {sorted(unknown)} are not among the image's {list(class_ids)}")
+    return np.asarray([int(c) in set(int(f) for f in cam_fallback) for c in class_ids], dtype=bool)
+
+
 def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], icd_bg_threshold: float = EPS,
-               icd_fg_threshold: float = EPS):
+               icd_fg_threshold: float = EPS, cam_fallback: Sequence[int] = (), cam_threshold: float = 0.3):
     """Shared by the two seed modes: (labels of the winning class, FG, ICD background,
     ties to ignore on FG)."""
     icd_bg_threshold = _check_threshold(icd_bg_threshold, "icd_bg_threshold")
@@ -118,6 +126,17 @@ def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
     k = td.shape[0]
     p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
     proposal = p > icd_fg_threshold
+    neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
+    says_bg = neg > icd_bg_threshold
+    fallback = _fallback_rows(class_ids, cam_fallback)
+    if fallback.any():  # these classes' seeds come from the CAM (cam_seed's rule)
+        if cam is None or np.shape(cam) != td.shape:
+            raise ValueError("cam maps of the same shape as td are needed for the CAM fallback")
+        cam_n = np.maximum(np.asarray(cam, np.float32), 0)
+        cam_n = cam_n / np.maximum(cam_n.max(axis=(1, 2), keepdims=True), EPS)
+        p[fallback] = cam_n[fallback]
+        proposal[fallback] = cam_n[fallback] >= cam_threshold
+        says_bg[fallback] = cam_n[fallback] < cam_threshold
     candidate = proposal.argmax(axis=0)
     tie = np.zeros(td.shape[1:], bool)
     if k > 1:
@@ -131,8 +150,7 @@ def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
         candidate = np.where(conflict, q.argmax(axis=0), candidate)
         tie = (q.max(axis=0) - q.min(axis=0)) <= EPS
     fg = proposal.any(axis=0)
-    neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
-    icd_bg = (neg > icd_bg_threshold).all(axis=0)
+    icd_bg = says_bg.all(axis=0)
     return labels[candidate], fg, icd_bg, tie & fg
 
 
@@ -144,7 +162,8 @@ def _compose(seed: np.ndarray, fg: np.ndarray, bg: np.ndarray, tie: np.ndarray) 
 
 
 def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
-             icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS) -> np.ndarray:
+             icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS, cam_fallback: Sequence[int] = (),
+             cam_threshold: float = 0.3) -> np.ndarray:
     """ICD seed (spec 5.2; the official ``_generate_seed`` without saliency).
 
     ``td``: top-down ICD logits T (K, H, W); ``cam``: CAM logits (K, H, W), needed when K > 1;
@@ -163,23 +182,36 @@ def icd_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
       object parts, as 255 (as IRN's background-confidence threshold does for CAM).
     - ignore = not (FG xor BG); with K > 1 also FG pixels where max_c Q - min_c Q <= 1e-5.
     - label = class id on FG, 0 on BG, 255 on ignore.
+
+    ``cam_fallback`` (issue 33, ``seeds.cam_fallback_below``): present class ids whose ICD
+    direction disagreed with the CAM in training; for them P_c is the max-normalised ReLU(CAM),
+    fg_c = P_c >= ``cam_threshold`` and they call background where P_c < ``cam_threshold``
+    (the CAM seed's rule, :func:`cam_seed`). When every present class falls back the seed is
+    :func:`cam_seed` exactly.
     """
-    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
+    if len(cam_fallback) and len(class_ids) and _fallback_rows(class_ids, cam_fallback).all():
+        if cam is None:
+            raise ValueError("cam maps are needed for the CAM fallback")
+        return cam_seed(cam, class_ids, cam_threshold)
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold, cam_fallback,
+                                       cam_threshold)
     return _compose(seed, fg, icd_bg, tie)
 
 
 def saliency_seed(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int], saliency: np.ndarray,
                   bg_threshold: float = 0.01, min_salient_area: float = 0.01,
-                  icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS) -> np.ndarray:
+                  icd_bg_threshold: float = EPS, icd_fg_threshold: float = EPS, cam_fallback: Sequence[int] = (),
+                  cam_threshold: float = 0.3) -> np.ndarray:
     """ICD seed with the background taken from a saliency map (spec 5.4, ``--use-sal``).
 
     ``saliency``: (H, W) in [0, 1]. FG and conflicts as :func:`icd_seed`; BG = saliency <
     ``bg_threshold``; when the salient area (saliency >= ``bg_threshold``) is under
     ``min_salient_area`` of the image, BG must also be ICD background (``icd_bg_threshold`` and
     ``icd_fg_threshold`` as in :func:`icd_seed`). Pixels where ICD foreground and saliency background disagree (both
-    or neither) become 255.
+    or neither) become 255. ``cam_fallback`` / ``cam_threshold`` as in :func:`icd_seed`.
     """
-    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
+    seed, fg, icd_bg, tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold, cam_fallback,
+                                       cam_threshold)
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != fg.shape:
         raise ValueError(f"saliency shape {saliency.shape} differs from the maps' {fg.shape}")
@@ -258,11 +290,12 @@ def salient_seed(labels: np.ndarray, fg: np.ndarray, classifier_bg: np.ndarray, 
 def saliency_seeds(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], saliency: np.ndarray,
                    bg_threshold: float = 0.01, min_salient_area: float = 0.01, assign: str = "agree",
                    cam_bg_threshold: float = 0.3, icd_bg_threshold: float = EPS,
-                   icd_fg_threshold: float = EPS) -> dict[str, np.ndarray]:
+                   icd_fg_threshold: float = EPS, cam_fallback: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """The two image+saliency seeds of one image, ``{"cam": ..., "icd": ...}``: the classes of
     the salient pixels from the CAM baseline (:func:`cam_seed`'s scores) and from ICD
-    (:func:`icd_seed`'s), each through :func:`salient_seed`."""
-    icd_labels, icd_fg, icd_bg, icd_tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold)
+    (:func:`icd_seed`'s, with ``cam_fallback`` as there), each through :func:`salient_seed`."""
+    icd_labels, icd_fg, icd_bg, icd_tie = _icd_parts(td, cam, class_ids, icd_bg_threshold, icd_fg_threshold,
+                                                     cam_fallback, cam_bg_threshold)
     if assign == "all":
         icd_labels, icd_tie = _icd_all_labels(td, class_ids, icd_labels, icd_fg, icd_tie)
     cam_labels, cam_fg, cam_bg, cam_tie = _cam_parts(cam, class_ids, cam_bg_threshold)
@@ -270,6 +303,18 @@ def saliency_seeds(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], sa
         "cam": salient_seed(cam_labels, cam_fg, cam_bg, cam_tie, saliency, bg_threshold, min_salient_area, assign),
         "icd": salient_seed(icd_labels, icd_fg, icd_bg, icd_tie, saliency, bg_threshold, min_salient_area, assign),
     }
+
+
+def cam_fallback_classes(agreement: Sequence[float] | None, below: float | None) -> list[int]:
+    """Class ids (1-based) whose ICD direction's agreement with the CAM (the model's
+    ``working_agreement``, index = class id - 1) is below ``below`` (``seeds.cam_fallback_below``;
+    None: no fallback, the paper)."""
+    if below is None:
+        return []
+    if agreement is None or any(a is None or a != a for a in agreement):
+        raise ValueError("seeds.cam_fallback_below needs the per-class agreement of the ICD directions with the "
+                         "CAM, which this model/maps file does not record (retrain it with this version)")
+    return [c + 1 for c, a in enumerate(agreement) if float(a) < float(below)]
 
 
 def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
@@ -286,5 +331,4 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
 
 
 __all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "salient_seed",
-           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed",
-           "VOID"]
+           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "VOID"]

@@ -45,7 +45,7 @@ def default_head_channels(backbone_name: str) -> int:
 class ICDModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, head_channels: int | None = None,
                  dropout: float = 0.5, freeze_backbone_bn: bool = False, w_init_std: float = 0.01,
-                 cam_head: str = "fc"):
+                 cam_head: str = "fc", directions: int = 1):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -79,6 +79,24 @@ class ICDModel(nn.Module):
             for m in backbone.bn_modules():
                 for p in m.parameters():
                     p.requires_grad_(False)
+        # icd.directions (issue 33, directions.py): R - 1 more candidate directions per class,
+        # each with its own sign EMA, and the agreement EMA that picks the working one. Drawn
+        # after every other parameter, so the paper's parameters are initialised as with R = 1.
+        if int(directions) < 1:
+            raise ValueError(f"directions must be >= 1, got {directions}")
+        self.num_directions = R = int(directions)
+        if R > 1:
+            self.W_alt = nn.Parameter(torch.randn(K, R - 1, C) * w_init_std)
+            self.register_buffer("sign_acc_alt", torch.zeros(K, R - 1, 2))
+        # statistics only (no effect on the paper's training): the agreement EMA of every
+        # candidate with the CAM and the working candidate; the seeds' CAM fallback reads them
+        self.register_buffer("agree_acc", torch.zeros(K, R))
+        self.register_buffer("direction", torch.zeros(K, dtype=torch.long))
+
+    def working_agreement(self) -> torch.Tensor:
+        """(K,) agreement EMA of each class's working direction with the CAM (NaN when the
+        checkpoint predates it)."""
+        return self.agree_acc[torch.arange(self.num_classes, device=self.agree_acc.device), self.direction]
 
     def _init_heads(self, fc: dict[str, torch.Tensor] | None) -> None:
         # N(0, 0.01^2), the official code's initializer for parameters missing from the
@@ -131,13 +149,49 @@ class ICDModel(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             return F.conv2d(x.detach().float(), w_hat[:, :, None, None])
 
+    def directions_hat(self) -> torch.Tensor:
+        """(K, R, C) unit candidate directions; candidate 0 is W (the paper's)."""
+        w = self.W.float()[:, None]
+        if self.num_directions > 1:
+            w = torch.cat([w, self.W_alt.float()], dim=1)
+        return F.normalize(w, dim=2)
+
+    def bottom_up_candidates(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K, R, h, w) projections of sg(x) on every candidate, float32, gradient to the
+        directions only."""
+        w_hat = self.directions_hat()
+        K, R, C = w_hat.shape
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            p = F.conv2d(x.detach().float(), w_hat.reshape(K * R, C)[:, :, None, None])
+        return p.reshape(p.shape[0], K, R, *p.shape[2:])
+
+    def candidate_sign_acc(self) -> torch.Tensor:
+        """(K, R, 2) sign EMA of every candidate (a copy; :meth:`set_candidate_sign_acc`)."""
+        acc = self.sign_acc[:, None]
+        return torch.cat([acc, self.sign_acc_alt], dim=1) if self.num_directions > 1 else acc.clone()
+
+    def set_candidate_sign_acc(self, acc: torch.Tensor) -> None:
+        self.sign_acc.copy_(acc[:, 0])
+        if self.num_directions > 1:
+            self.sign_acc_alt.copy_(acc[:, 1:])
+
     def forward(self, images: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``images`` (B, 3, H, W) in [0, 1], or the backbone's features ``{"out", "icd"}``
-        already computed (the frozen-feature cache): the heads see the same tensors either way."""
+        already computed (the frozen-feature cache): the heads see the same tensors either way.
+        With several directions, ``bu_candidates`` holds every candidate's projections and
+        ``bu`` the working one's."""
         f = images if isinstance(images, dict) else self.backbone(images)
         cam = self.cam_head(f["out"])
         x = self.bn(f["icd"])
-        return {"cam": cam, "td": self.td_head(x), "bu": self.bottom_up(x), "feats": x}
+        out = {"cam": cam, "td": self.td_head(x), "feats": x}
+        if self.num_directions > 1:
+            from ..directions import gather_candidate
+
+            out["bu_candidates"] = self.bottom_up_candidates(x)
+            out["bu"] = gather_candidate(out["bu_candidates"], self.direction)
+        else:
+            out["bu"] = self.bottom_up(x)
+        return out
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,8 +208,15 @@ class ICDModel(nn.Module):
         return cam, td
 
     def sign(self) -> torch.Tensor:
-        """sigma_c in {+1, -1} from the EMA buffer (spec 2.3)."""
-        return torch.where(self.sign_acc[:, 0] >= self.sign_acc[:, 1], 1.0, -1.0)
+        """sigma_c in {+1, -1} from the EMA buffer (spec 2.3), of the working direction."""
+        acc = self.working_sign_acc()
+        return torch.where(acc[:, 0] >= acc[:, 1], 1.0, -1.0)
+
+    def working_sign_acc(self) -> torch.Tensor:
+        """(K, 2) sign EMA of each class's working direction (``sign_acc`` with one direction)."""
+        if self.num_directions == 1:
+            return self.sign_acc
+        return self.candidate_sign_acc()[torch.arange(self.num_classes), self.direction]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -170,7 +231,8 @@ def build_icd_model(config: dict, num_classes: int, pretrained: bool | None = No
         backbone.freeze_stages(int(config["frozen_stages"]))
     model = ICDModel(backbone, num_classes, head_channels=config.get("head_channels"),
                      freeze_backbone_bn=config.get("freeze_bn", False), w_init_std=config.get("w_init_std", 0.01),
-                     dropout=config.get("dropout", 0.5), cam_head=config.get("cam_head", "fc"))
+                     dropout=config.get("dropout", 0.5), cam_head=config.get("cam_head", "fc"),
+                     directions=config.get("directions", 1))
     if not config.get("bn_shift_trainable", True):
         # beta stays 0: the ICD features stay zero-mean, so the boundary w^T x = 0 passes
         # through the feature mean (spec 2.2). In the paper L_td moves beta slowly (lr 1e-3);
@@ -226,8 +288,12 @@ def load_icd_model(path: str | Path, map_location: str | torch.device = "cpu",
     cfg = dict(meta.get("config", {}))
     cfg.update(backbone=meta["backbone"], output_stride=meta["output_stride"], head_channels=meta["head_channels"])
     model = build_icd_model(cfg, meta["num_classes"], pretrained=False)
+    state = dict(ckpt["state_dict"])
+    if "agree_acc" not in state and "W_alt" not in state:  # written before issue 33: agreement unknown
+        state["agree_acc"] = torch.full_like(model.agree_acc, float("nan"))
+        state["direction"] = torch.zeros_like(model.direction)
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit backbone {meta['backbone']!r} "
                               f"with {meta['num_classes']} classes ({str(exc).splitlines()[0]})") from exc

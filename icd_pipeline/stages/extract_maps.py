@@ -319,6 +319,8 @@ def run(config: dict, data_root: str, split: str, checkpoint: str, out: str,
         "backbone": str(meta.get("backbone", "")),
         "split": split,
     }
+    if hasattr(model, "working_agreement"):  # per class, for seeds.cam_fallback_below (issue 33)
+        attrs["class_agreement"] = [float(a) for a in model.working_agreement().cpu()]
     log.info("extracting maps for %d images of %s/%s on %s (backbone %s, stride %d, input_scale %g, "
              "scales %s, flip %s, batch %d)", len(dataset), data_root, split, device, attrs["backbone"],
              stride, input_scale, scales, flip, maps_cfg["batch_size"])

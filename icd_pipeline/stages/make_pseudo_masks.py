@@ -51,7 +51,7 @@ from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import EPS, VOID, cam_seed, icd_seed, saliency_seeds, upsample_maps
+from icd_pipeline.seeds import EPS, VOID, cam_fallback_classes, cam_seed, icd_seed, saliency_seeds, upsample_maps
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -137,10 +137,11 @@ def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
 
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
-                           saliency: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                           saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """The label maps (uint8, H x W) of one image from its maps ``record``
     (``MapsReader.read`` output): the four of METHODS, plus those of :func:`saliency_methods`
-    when ``saliency`` (H x W in [0, 1]) is given."""
+    when ``saliency`` (H x W in [0, 1]) is given. ``cam_fallback``: class ids whose ICD seed comes
+    from the CAM (``seeds.cam_fallback_below``; the image's own classes are picked here)."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -164,11 +165,13 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
         icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
         icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
-        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg)
+        fallback = {"cam_fallback": [c for c in class_ids if c in set(cam_fallback)],
+                    "cam_threshold": pm_cfg.get("cam_bg_threshold", 0.3)}
+        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg, **fallback)
         if saliency is not None:
             sal = saliency_seeds(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
                                  seeds_cfg.get("saliency_min_area", 0.01), seeds_cfg.get("saliency_assign", "agree"),
-                                 pm_cfg.get("cam_bg_threshold", 0.3), icd_bg, icd_fg)
+                                 pm_cfg.get("cam_bg_threshold", 0.3), icd_bg, icd_fg, fallback["cam_fallback"])
     out = {
         "cam": cam,
         "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
@@ -198,7 +201,10 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
 
         reader_factory = MapsReader
     _STATE.clear()
-    _STATE.update(reader=reader_factory(maps_path), layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
+    reader = reader_factory(maps_path)
+    fallback = cam_fallback_classes(getattr(reader, "attrs", {}).get("class_agreement"),
+                                    (seeds_cfg or {}).get("cam_fallback_below"))
+    _STATE.update(reader=reader, cam_fallback=fallback, layout=VOCLayout.open(data_root), out_dir=Path(out_dir),
                   num_labels=num_labels, pm_cfg=pm_cfg, seeds_cfg=seeds_cfg or {},
                   saliency_dir=saliency_folder_for(seeds_cfg, data_root, saliency_folder))
 
@@ -217,7 +223,7 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
         saliency = read_saliency(_STATE["saliency_dir"] / f"{image_id}.png", image.shape[:2])
     try:
         masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell,
-                                       _STATE["seeds_cfg"], saliency)
+                                       _STATE["seeds_cfg"], saliency, _STATE["cam_fallback"])
     except ValueError as exc:
         raise ValueError(f"{image_id}: {exc}") from None
     counts = {}
@@ -262,6 +268,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             raise ValueError(f"{maps_path}: no maps for {len(missing)} id(s) of split {split!r}, "
                              f"e.g. {missing[:3]}")
         attrs = dict(getattr(reader, "attrs", {}) or {})
+        fallback = cam_fallback_classes(attrs.get("class_agreement"), (seeds_cfg or {}).get("cam_fallback_below"))
     finally:
         close = getattr(reader, "close", None)
         if close:
@@ -306,6 +313,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "config": pm_cfg,
             "seeds": seeds_cfg or {},
             "saliency_dir": None if sal_folder is None else str(sal_folder),
+            "cam_fallback": [layout.class_names[c] for c in fallback],
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
@@ -345,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dt = time.time() - t0
         log.info("%d images in %.1f s (%.1f img/s, %d workers) -> %s", manifest["num_images"], dt,
                  manifest["num_images"] / max(dt, 1e-9), workers, args.out_dir)
+        if manifest["cam_fallback"]:
+            log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
+                     ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
                      frac["foreground"], frac["ignore"])

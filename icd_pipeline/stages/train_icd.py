@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError, add_config_args, config_from_args
 from ..data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, multi_hot, read_image
+from ..diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics
+from ..directions import candidate_bottom_up, track_agreement
 from ..evaluate import average_precision, class_average_precision
 from ..feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen, check_cache_argument
 from ..losses import (
@@ -54,7 +56,6 @@ from ..losses import (
     poly_lr,
     pos_neg_normalize,
     set_lr,
-    sign_of,
     sp_refine,
     td_loss,
     td_targets,
@@ -147,15 +148,22 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
     region = None  # the paper: L_bu from single-label images, sign and targets over every pixel
     if cfg["bottom_up_images"] == "all":
         region = bottom_up_region(cam.detach().relu(), y, cfg["bottom_up_region"], cfg["bottom_up_floor"])
+    if "bu_candidates" in out:  # icd.directions > 1: every candidate learns, the CAM picks one
+        l_bu, b, sigma = candidate_bottom_up(model, out["bu_candidates"], cam.detach().relu(), y, region, cfg,
+                                             reduce=D.all_reduce_sum)
+    elif region is not None:
         l_bu = bu_loss_regions(b, y, region, weight=cfg["bu_weight"])
-        if cfg["bottom_up_region"] == "owned_negatives":  # other classes' pixels: c's background
-            l_bu = l_bu + bu_negative_loss(b, y, region, sign_of(model.sign_acc),
-                                           weight=cfg["bu_weight"] * cfg["bottom_up_negative_weight"])
     else:
         l_bu = bu_loss(b, y, weight=cfg["bu_weight"])
+    if cfg["bottom_up_region"] == "owned_negatives" and region is not None:  # other classes' pixels: background
+        l_bu = l_bu + bu_negative_loss(b, y, region, model.sign(),
+                                       weight=cfg["bu_weight"] * cfg["bottom_up_negative_weight"])
     with torch.no_grad():
-        sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
-                            reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
+        if "bu_candidates" not in out:
+            sigma = update_sign(model.sign_acc, b.detach(), cam.detach().relu(), y, momentum=0.9,
+                                reduce=D.all_reduce_sum, region=region)  # reduce: a no-op in one process
+            track_agreement(model, b.detach(), sigma, cam.detach().relu(), y, cfg["bottom_up_floor"],
+                            reduce=D.all_reduce_sum)  # a statistic with one direction (directions.py)
         s = b.detach() * sigma[None, :, None, None] * y[:, :, None, None]
         if region is not None:  # targets from the same pixels: none where another class owns
             s = s * region
@@ -166,7 +174,8 @@ def train_step(model: ICDModel, images: torch.Tensor | dict, y: torch.Tensor, sp
         present = y.sum()
         td_pos = ((T > 0).float().mean(dim=(2, 3)) * y).sum() / present.clamp(min=1)
         tgt_pos = ((tgt * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1) * y).sum() / present.clamp(min=1)
-    return {"loss": l_cls + l_bu + l_td, "loss_cls": l_cls, "loss_bu": l_bu, "loss_td": l_td,
+        diag = batch_diagnostics(b.detach(), sigma, T.detach(), cam.detach().relu(), y, cfg["bottom_up_floor"])
+    return {"diag": diag, "loss": l_cls + l_bu + l_td, "loss_cls": l_cls, "loss_bu": l_bu, "loss_td": l_td,
             "logits": cam.detach().mean(dim=(2, 3)), "td_pos_frac": td_pos, "target_pos_frac": tgt_pos,
             "sign_neg": float((sigma < 0).sum().item())}
 
@@ -225,7 +234,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                 "superpixels": str(superpixels_path) if superpixels_path else f"grid:{grid_superpixels}",
                 "feature_cache": str(feature_cache) if feature_cache else None}
 
-    start_epoch, it, rows = 0, 0, []
+    start_epoch, it, rows, diag_rows = 0, 0, [], []
+    fg_names = [n for n in layout.class_names if n != "background"]
     if ckpt_path.is_file():
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -239,6 +249,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                 scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             start_epoch, it, rows = int(ckpt["epoch"]) + 1, int(ckpt["iteration"]), list(ckpt["metrics"])
+            diag_rows = list(ckpt.get("diagnostics", []))
             LOG.info("resuming from %s: epoch %d/%d, iteration %d", ckpt_path, start_epoch + 1, epochs, it)
         elif ckpt is not None:
             LOG.warning("checkpoint %s was written with another config or data; starting afresh", ckpt_path)
@@ -263,6 +274,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         t0 = time.time()
         omega = warmup_weight(it, warmup_iters)
         sign_neg = 0.0
+        diag = EpochDiagnostics(layout.num_fg)
         clip_log = ClipLog(grad_clip)
         advice = divergence_advice("icd", cfg, ckpt_path, epoch)  # what a non-finite loss error suggests
         bar = progress_bar(loader, desc=f"icd epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
@@ -289,6 +301,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                 v = res[k]
                 sums[k] += v.detach().item() if torch.is_tensor(v) else float(v)
             sign_neg = res["sign_neg"]
+            diag.add(res["diag"])
             scores.append(res["logits"].cpu())
             labels.append(y.cpu())
             bar.set_postfix(cls=f"{res['loss_cls'].item():.3f}", td=f"{res['loss_td'].item():.4f}")
@@ -304,6 +317,9 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
                "sign_neg": sign_neg, "images_per_s": iters_per_epoch * bs / max(seconds, 1e-9), "seconds": seconds,
                **clip_log.metrics()}
         rows.append(row)
+        diag.load_state(D.all_reduce_sum(diag.state().to(device)))
+        diag_rows.extend(diag.rows(epoch + 1, fg_names, model.working_sign_acc(),
+                                   model.working_agreement(), model.direction))
         LOG.info("epoch %d/%d lr %.2e: cls %.4f bu %.4f td %.4f (w %.3g) mAP %.3f, td+ %.2f target+ %.2f, "
                  "%.1f img/s, %.0f s%s", epoch + 1, epochs, lr, row["loss_cls"], row["loss_bu"], row["loss_td"],
                  omega, row["train_map"], row["td_pos_frac"], row["target_pos_frac"], row["images_per_s"], seconds,
@@ -312,7 +328,8 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
             continue
         _write_metrics(out_dir / "checkpoints" / "metrics.csv", rows)  # progress; the output comes at the end
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "iteration": it, "rng": _rng_state(), "metrics": rows, "identity": identity}
+                 "iteration": it, "rng": _rng_state(), "metrics": rows, "diagnostics": diag_rows,
+                 "identity": identity}
         if amp:
             state["scaler"] = scaler.state_dict()
         with atomic_path(ckpt_path) as tmp:
@@ -322,6 +339,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
         D.cleanup(ctx)
         return {"rows": rows, "iterations": it}
     _write_metrics(out_dir / "metrics.csv", rows)
+    write_csv_rows(out_dir / "diagnostics.csv", diag_rows, DIAGNOSTIC_COLUMNS)  # per class and epoch (diagnostics.py)
     try:
         from ..viz import plot_loss_curves
 
