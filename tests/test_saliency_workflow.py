@@ -44,7 +44,9 @@ def test_saliency_stage_feeds_the_seeds_and_deeplab(tiny_run, tmp_path):
                                   "ICD+saliency", "ICD+saliency+CRF"]
     assert table.miou.between(0, 1).all()
     # DeepLab trains on the chosen classifier's CRF-refined image+saliency masks; the report says so
-    proc = run_snakemake(work, "-n", "-p", f"--configfile={TINY}", "all", "--rerun-triggers", "mtime", *config)
+    # (-R resolved_config: under mtime triggers its changed params alone would not rewrite outputs.json)
+    proc = run_snakemake(work, "-n", "-p", f"--configfile={TINY}", "all", "--rerun-triggers", "mtime",
+                         "-R", "resolved_config", *config)
     assert "pseudo_masks/masks/cam_sal_crf --out-dir results/tiny/default/deeplab/pseudo" in proc.stdout
     assert "\"deeplab_masks\":\"cam_sal_crf\"" in proc.stdout  # outputs.json: what the report names
     assert "saliency" not in jobs_in_dry_run(proc)  # the maps are there: nothing to redo
