@@ -248,6 +248,9 @@ def main() -> int:
                         help="preset sample: train/val (20 classes) or train_animals/val_animals")
     parser.add_argument("--readme", action="store_true",
                         help="also write the headline rows into README.md's results:<dataset> block")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing: rewrite README.md's block from the saved results/benchmark/<dataset>.csv "
+                             "(with the date, command and machine of the run that measured it)")
     parser.add_argument("--quality-only", action="store_true",
                         help="quality rows, stage times and the DAG's wall time only: skip the extraction, "
                              "CRF and memory measurements (about 25 min more on the real sample)")
@@ -275,6 +278,10 @@ def main() -> int:
     names = {s: base if s == cfg["seed"] else f"{base}-seed{s}" for s in ARGS.seeds}
     saliency = cfg["dataset"]["source"] == "synthetic" and cfg["dataset"]["synthetic"]["saliency"]["enabled"]
 
+    out = ROOT / "results" / "benchmark"
+    if ARGS.readme_only:
+        return readme_from_saved(out, base)
+
     qualities = []
     for seed, name in names.items():
         run_dag(name, seed, saliency)
@@ -291,7 +298,6 @@ def main() -> int:
     else:
         rows += speed_and_cost(cfg, first, root)
     df = pd.DataFrame(rows, columns=["metric", "value", "spread", "unit"])
-    out = ROOT / "results" / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{base}.csv", index=False, float_format="%.6g")
     machine = machine_text()
@@ -302,13 +308,35 @@ def main() -> int:
     (out / f"{base}.md").write_text(md)
     print(md)
     if ARGS.readme:
-        title = f"**{base}** ({len(ARGS.seeds)} seed{'s' if len(ARGS.seeds) > 1 else ''}: {ARGS.seeds})"
-        update_readme(base, f"{title}\n\n{readme_table(df, command, machine, date)}\n")
+        update_readme(base, readme_block(base, df, command, machine, date))
+    return 0
+
+
+def readme_block(base: str, df: pd.DataFrame, command: str, machine: str, date: str) -> str:
+    seeds = command.split("--seeds", 1)[1].split("--", 1)[0].split() if "--seeds" in command else ["0", "1", "2"]
+    title = f"**{base}** ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(seeds)})"
+    return f"{title}\n\n{readme_table(df, command, machine, date)}\n"
+
+
+def readme_from_saved(out: Path, base: str) -> int:
+    """--readme-only: the README block from results/benchmark/<base>.csv and the machine, date
+    and command its .md records (the run that measured them); nothing is run."""
+    import re
+
+    csv, md = out / f"{base}.csv", out / f"{base}.md"
+    if not csv.is_file() or not md.is_file():
+        raise SystemExit(f"--readme-only: {csv} / {md} not found: run the benchmark first")
+    found = re.search(r"^Machine: (.*)\. Date: (\S+)\. Command: `(.*)`\.$", md.read_text(), re.M)
+    if not found:
+        raise SystemExit(f"--readme-only: {md} has no 'Machine: ... Date: ... Command: ...' line")
+    machine, date, command = found.groups()
+    update_readme(base, readme_block(base, pd.read_csv(csv), command, machine, date))
+    print(f"README.md: results:{base} block rewritten from {csv}")
     return 0
 
 
 HEADLINE = ("pseudo-mask mIoU ", "DeepLab val mIoU", "DeepLab pseudo / full", "classifier mAP",
-            "wall time: last snakemake all that did work (measured)", "wall time: all stages (sum)")
+            "wall time: last snakemake all that did work (measured)")
 
 
 def machine_text() -> str:
@@ -322,7 +350,8 @@ def machine_text() -> str:
 def readme_table(df: pd.DataFrame, command: str, machine: str, date: str) -> str:
     """The README's table of one benchmark: the headline rows (pseudo-mask and DeepLab mIoU,
     their ratio, the classifier, the DAG's wall time), each with its date, command and machine."""
-    keep = df[df.metric.str.startswith(HEADLINE) & ~df.metric.str.contains(r"\(255 left out\)|IoU ")]
+    # per-class rows ("... IoU cat") left out; "mIoU" rows kept
+    keep = df[df.metric.str.startswith(HEADLINE) & ~df.metric.str.contains(r"\(255 left out\)|(?<!m)IoU ")]
     lines = ["| figure | value | date | command | machine |", "|---|---|---|---|---|"]
     for r in keep.itertuples():
         value = f"{r.value:.4g}" + (f" ± {r.spread:.2g}" if r.spread == r.spread else "")

@@ -446,6 +446,8 @@ def benchmark_files():
         shared.append(f"{DATA_BENCH}/feature_cache_{FEATURES_KEY}_{TRAIN_SPLIT}.tsv")
     shared.append(f"{DATA_BENCH}/train_icd_{ICD_KEY}.tsv")
     shared.append(f"{DATA_BENCH}/extract_maps_{MAPS_KEY}_{TRAIN_SPLIT}.tsv")
+    if stage_saliency_maps():
+        shared.append(f"{DATA_BENCH}/saliency_{saliency_key()}_{TRAIN_SPLIT}.tsv")
     if TRAIN_FULL:
         full = DEEPLAB_FULL_KEY
         shared += [
