@@ -2,7 +2,7 @@
 
 tests/slurm/local_cluster.sh installs Debian's slurm-wlm and munge (root), starts munged,
 slurmctld and slurmd, runs the command and stops every daemon it started, by PID, even on
-failure. Skipped where that is impossible (not root, no apt-get) or with ICD_SKIP_SLURM=1.
+failure. Runs only with ICD_SLURM_TEST=1; skipped where it is impossible (not root, no apt-get).
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ GPU_RULES = ("train_icd", "extract_maps", "train_deeplab_full", "infer_deeplab_f
 
 
 def _skip_reason() -> str | None:
+    # opt-in, like the COCO DAG (ICD_COCO_DAG=1): installing and starting SLURM takes minutes, and
+    # under the two-worker suite the plugin's `scontrol show config` can time out under load, after
+    # which it polls with sacct, which this accounting-less cluster cannot answer (the job ends,
+    # Snakemake never sees it: seen 2026-12-03)
+    if os.environ.get("ICD_SLURM_TEST") != "1":
+        return "about 2.5 min, installs SLURM; set ICD_SLURM_TEST=1 (run it alone: pytest tests/test_slurm.py)"
     if os.environ.get("ICD_SKIP_SLURM") == "1":
         return "ICD_SKIP_SLURM=1"
     if os.geteuid() != 0:
