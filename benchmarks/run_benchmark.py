@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -280,7 +281,7 @@ def main() -> int:
 
     out = ROOT / "results" / "benchmark"
     if ARGS.readme_only:
-        return readme_from_saved(out, base)
+        return readme_from_saved(out, base, parser)
 
     qualities = []
     for seed, name in names.items():
@@ -308,17 +309,16 @@ def main() -> int:
     (out / f"{base}.md").write_text(md)
     print(md)
     if ARGS.readme:
-        update_readme(base, readme_block(base, df, command, machine, date))
+        update_readme(base, readme_block(base, df, command, machine, date, ARGS.seeds))
     return 0
 
 
-def readme_block(base: str, df: pd.DataFrame, command: str, machine: str, date: str) -> str:
-    seeds = command.split("--seeds", 1)[1].split("--", 1)[0].split() if "--seeds" in command else ["0", "1", "2"]
-    title = f"**{base}** ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(seeds)})"
+def readme_block(base: str, df: pd.DataFrame, command: str, machine: str, date: str, seeds: list[int]) -> str:
+    title = f"**{base}** ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))})"
     return f"{title}\n\n{readme_table(df, command, machine, date)}\n"
 
 
-def readme_from_saved(out: Path, base: str) -> int:
+def readme_from_saved(out: Path, base: str, parser: argparse.ArgumentParser) -> int:
     """--readme-only: the README block from results/benchmark/<base>.csv and the machine, date
     and command its .md records (the run that measured them); nothing is run."""
     import re
@@ -330,7 +330,9 @@ def readme_from_saved(out: Path, base: str) -> int:
     if not found:
         raise SystemExit(f"--readme-only: {md} has no 'Machine: ... Date: ... Command: ...' line")
     machine, date, command = found.groups()
-    update_readme(base, readme_block(base, pd.read_csv(csv), command, machine, date))
+    # the seeds of the recorded command, read by this script's own parser (its defaults included)
+    seeds = parser.parse_known_args(shlex.split(command)[2:])[0].seeds
+    update_readme(base, readme_block(base, pd.read_csv(csv), command, machine, date, seeds))
     print(f"README.md: results:{base} block rewritten from {csv}")
     return 0
 
