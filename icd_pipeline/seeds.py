@@ -317,6 +317,62 @@ def cam_fallback_classes(agreement: Sequence[float] | None, below: float | None)
     return [c + 1 for c, a in enumerate(agreement) if float(a) < float(below)]
 
 
+def image_agreement(td: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """(K,) Pearson correlation of each present class's top-down logits with its CAM over one
+    image's map cells (``td``, ``cam``: (K, h, w); 0 where either map is flat). A label-free
+    check, per image, that ICD's direction points the CAM's way (issue 33): on the sample's
+    flock-on-grass images sheep's top-down map is the grass, anti-correlated with the CAM."""
+    td = np.asarray(td, dtype=np.float64)
+    cam = np.asarray(cam, dtype=np.float64)
+    if td.ndim != 3 or td.shape != cam.shape:
+        raise ValueError(f"td and cam must be (K, h, w) of one shape, got {td.shape} and {cam.shape}")
+    a = td.reshape(td.shape[0], -1)
+    b = cam.reshape(cam.shape[0], -1)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.where(den > 1e-12, (a * b).sum(axis=1) / np.maximum(den, 1e-12), 0.0)
+
+
+def image_gate_classes(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], below: float | None) -> list[int]:
+    """The present class ids whose top-down map agrees with their CAM in this image
+    (:func:`image_agreement`) less than ``below`` (``seeds.icd_image_gate``; None: none, the paper)."""
+    if below is None or len(class_ids) == 0:
+        return []
+    agreement = image_agreement(td, cam)
+    return [int(c) for c, a in zip(class_ids, agreement) if a < float(below)]
+
+
+def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_weight: float, threshold: float,
+               cam_only: Sequence[int] = ()) -> np.ndarray:
+    """ICD's top-down map blended with the CAM (``seeds.icd_cam_blend``, issue 33).
+
+    Per present class s_c = w N(CAM_c) + (1 - w) N(T_c), N(x) = ReLU(x) / its maximum over the
+    image, w = ``cam_weight``; classes in ``cam_only`` (the CAM fallbacks) use N(CAM_c) alone.
+    The seed is :func:`cam_seed`'s rule on s: background where max_c s_c / max s_c is below
+    ``threshold``, else the argmax class; no 255. ICD extends the CAM where the two agree and a
+    direction gone wrong (its map on the background) is damped by a CAM that is near zero there."""
+    w = float(cam_weight)
+    if not 0 <= w <= 1:
+        raise ValueError(f"cam_weight must be in [0, 1], got {cam_weight}")
+    threshold = _check_threshold(threshold, "threshold")
+    td = np.asarray(td, dtype=np.float32)
+    _check(td, class_ids, "td")
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != td.shape:
+        raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
+
+    def n(x):
+        x = np.maximum(x, 0)
+        return x / np.maximum(x.max(axis=(1, 2), keepdims=True), EPS)
+
+    cam_n = n(cam)
+    score = w * cam_n + (1 - w) * n(td)
+    only = _fallback_rows(class_ids, cam_only)
+    score[only] = cam_n[only]
+    return cam_seed(score, class_ids, threshold)
+
+
 def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
     """CAM baseline: ReLU(CAM) normalised per class by its maximum; background where the
     maximum over classes is below ``bg_threshold``, else the argmax class id. No 255."""
@@ -331,4 +387,5 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
 
 
 __all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "salient_seed",
-           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "VOID"]
+           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
+           "image_gate_classes", "blend_seed", "VOID"]

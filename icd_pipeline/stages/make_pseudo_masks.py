@@ -51,7 +51,8 @@ from icd_pipeline.config import ConfigError, add_config_args, config_from_args
 from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
-from icd_pipeline.seeds import EPS, VOID, cam_fallback_classes, cam_seed, icd_seed, saliency_seeds, upsample_maps
+from icd_pipeline.seeds import (EPS, VOID, blend_seed, cam_fallback_classes, cam_seed, icd_seed, image_gate_classes,
+                                saliency_seeds, upsample_maps)
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -137,11 +138,15 @@ def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
 
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
-                           saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = ()) -> dict[str, np.ndarray]:
+                           saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = (),
+                           image_cam_only: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """The label maps (uint8, H x W) of one image from its maps ``record``
     (``MapsReader.read`` output): the four of METHODS, plus those of :func:`saliency_methods`
     when ``saliency`` (H x W in [0, 1]) is given. ``cam_fallback``: class ids whose ICD seed comes
-    from the CAM (``seeds.cam_fallback_below``; the image's own classes are picked here)."""
+    from the CAM (``seeds.cam_fallback_below``; the image's own classes are picked here).
+    ``image_cam_only``: this image's classes whose ICD seed (icd_seed / icd_crf only) comes from
+    the CAM (``seeds.icd_image_gate``, :func:`image_gate_for`). With ``seeds.icd_cam_blend`` the
+    ICD seed is :func:`seeds.blend_seed` instead of the paper's :func:`seeds.icd_seed`."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -167,7 +172,12 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
         fallback = {"cam_fallback": [c for c in class_ids if c in set(cam_fallback)],
                     "cam_threshold": pm_cfg.get("cam_bg_threshold", 0.3)}
-        icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg, **fallback)
+        icd_only = sorted(set(fallback["cam_fallback"]) | {int(c) for c in image_cam_only})
+        if seeds_cfg.get("icd_cam_blend") is not None:
+            icd = blend_seed(td, cam_maps, class_ids, seeds_cfg["icd_cam_blend"],
+                             seeds_cfg.get("icd_blend_threshold", 0.3), icd_only)
+        else:
+            icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg, icd_only, fallback["cam_threshold"])
         if saliency is not None:
             sal = saliency_seeds(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
                                  seeds_cfg.get("saliency_min_area", 0.01), seeds_cfg.get("saliency_assign", "agree"),
@@ -184,6 +194,16 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
             if seeds_cfg.get("saliency_crf", False):
                 out[f"{kind}_sal_crf"] = crf_from_labels(image, sal[kind], num_labels, conf, min_post, **crf_kwargs)
     return out
+
+
+def image_gate_for(record: dict, seeds_cfg: dict | None) -> list[int]:
+    """The classes of one maps record whose top-down map agrees with the CAM, on the map cells
+    of this image, less than ``seeds.icd_image_gate`` (:func:`seeds.image_gate_classes`)."""
+    below = (seeds_cfg or {}).get("icd_image_gate")
+    class_ids = [int(c) for c in record["class_ids"]]
+    if below is None or not class_ids:
+        return []
+    return image_gate_classes(record["td"], record["cam"], class_ids, below)
 
 
 # --------------------------------------------------------------------------- workers
@@ -209,9 +229,9 @@ def _init_worker(maps_path: str, data_root: str, out_dir: str, num_labels: int, 
                   saliency_dir=saliency_folder_for(seeds_cfg, data_root, saliency_folder))
 
 
-def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
+def _process(image_id: str) -> tuple[str, dict[str, list[int]], list[int], list[int]]:
     """Worker: compute and write the PNGs of one image; return per-method pixel counts
-    (background, foreground, ignore)."""
+    (background, foreground, ignore), the image's classes and those the image gate sent to the CAM."""
     from icd_pipeline.data.voc import read_image, write_palette_png
 
     reader = _STATE["reader"]
@@ -222,8 +242,9 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
     if _STATE["saliency_dir"] is not None:
         saliency = read_saliency(_STATE["saliency_dir"] / f"{image_id}.png", image.shape[:2])
     try:
+        gated = image_gate_for(record, _STATE["seeds_cfg"])
         masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell,
-                                       _STATE["seeds_cfg"], saliency, _STATE["cam_fallback"])
+                                       _STATE["seeds_cfg"], saliency, _STATE["cam_fallback"], gated)
     except ValueError as exc:
         raise ValueError(f"{image_id}: {exc}") from None
     counts = {}
@@ -231,7 +252,7 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]]]:
         write_palette_png(_STATE["out_dir"] / method / f"{image_id}.png", mask)
         counts[method] = [int((mask == 0).sum()), int(((mask != 0) & (mask != VOID)).sum()),
                           int((mask == VOID).sum())]
-    return image_id, counts
+    return image_id, counts, [int(c) for c in record["class_ids"]], gated
 
 
 def _default_workers() -> int:
@@ -277,6 +298,15 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
     if names and len(names) != num_labels:
         raise ValueError(f"{maps_path}: maps were made for {len(names)} classes, dataset has {num_labels}")
     totals = {m: np.zeros(3, np.int64) for m in methods}
+    gate_counts = np.zeros((num_labels, 2), np.int64)   # per class: images gated to the CAM, images
+
+    def add(result) -> None:
+        _, counts, present, gated = result
+        for m, c in counts.items():
+            totals[m] += c
+        gate_counts[present, 1] += 1
+        gate_counts[gated, 0] += 1
+        bar.update(1)
     with atomic_dir(out_dir) as tmp:
         for m in methods:
             (tmp / m).mkdir()
@@ -286,20 +316,15 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
         if workers <= 1:
             _init_worker(*initargs)
             try:
-                results = map(_process, ids)
-                for _, counts in results:
-                    for m, c in counts.items():
-                        totals[m] += c
-                    bar.update(1)
+                for result in map(_process, ids):
+                    add(result)
             finally:
                 _STATE.clear()
         else:
             with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
                 chunk = max(1, min(16, len(ids) // (4 * workers)))
-                for _, counts in pool.imap(_process, ids, chunksize=chunk):
-                    for m, c in counts.items():
-                        totals[m] += c
-                    bar.update(1)
+                for result in pool.imap(_process, ids, chunksize=chunk):
+                    add(result)
         bar.close()
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -314,6 +339,8 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "seeds": seeds_cfg or {},
             "saliency_dir": None if sal_folder is None else str(sal_folder),
             "cam_fallback": [layout.class_names[c] for c in fallback],
+            "image_gate": ({layout.class_names[c]: [int(g), int(n)] for c, (g, n) in enumerate(gate_counts) if n}
+                           if (seeds_cfg or {}).get("icd_image_gate") is not None else {}),
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
@@ -356,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if manifest["cam_fallback"]:
             log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
                      ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
+        if manifest["image_gate"]:
+            log.info("image gate (top-down map vs CAM correlation < %s), ICD seeds from the CAM in: %s",
+                     cfg["seeds"]["icd_image_gate"],
+                     ", ".join(f"{n} {g}/{k}" for n, (g, k) in manifest["image_gate"].items() if g))
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
                      frac["foreground"], frac["ignore"])
@@ -366,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["METHODS", "SALIENCY_METHOD", "SALIENCY_METHODS", "SALIENCY_CRF_METHODS", "saliency_methods",
-           "saliency_folder_for", "methods_for", "cell_size", "pseudo_masks_for_image", "run", "main"]
+           "saliency_folder_for", "methods_for", "cell_size", "pseudo_masks_for_image", "image_gate_for", "run", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,123 @@
+"""ICD seeds that cannot lose a class to the CAM (issue 33): the per-image agreement gate
+(seeds.icd_image_gate) and the CAM blend (seeds.icd_cam_blend)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from icd_pipeline.data.voc import read_mask
+from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_agreement, image_gate_classes
+from icd_pipeline.stages import make_pseudo_masks as mpm
+
+from tests.test_cam_fallback import two_class_maps
+
+
+def test_image_agreement_is_the_pearson_correlation_per_class():
+    rng = np.random.default_rng(0)
+    cam = rng.normal(size=(3, 5, 7))
+    td = np.stack([2 * cam[0] + 1, -cam[1], rng.normal(size=(5, 7))])
+    a = image_agreement(td, cam)
+    assert a[0] == pytest.approx(1.0)
+    assert a[1] == pytest.approx(-1.0)
+    assert a[2] == pytest.approx(np.corrcoef(td[2].ravel(), cam[2].ravel())[0, 1])
+    # a flat map has no direction: 0, not NaN
+    flat = image_agreement(np.zeros((1, 4, 4)), cam[:1, :4, :4])
+    assert flat.tolist() == [0.0]
+    with pytest.raises(ValueError, match="one shape"):
+        image_agreement(td, cam[:2])
+
+
+def test_image_gate_picks_the_classes_whose_map_disagrees_with_the_cam():
+    td, cam = two_class_maps()   # class 3's top-down map is the top rows, its CAM the right columns
+    a = image_agreement(td, cam)
+    assert a[0] > 0.9 and a[1] < 0.2
+    assert image_gate_classes(td, cam, [1, 3], None) == []
+    assert image_gate_classes(td, cam, [1, 3], 0.2) == [3]
+    assert image_gate_classes(td, cam, [1, 3], -1.0) == []
+    # gated classes take the CAM rule in the paper's seed
+    gated = icd_seed(td, cam, [1, 3], cam_fallback=image_gate_classes(td, cam, [1, 3], 0.2), cam_threshold=0.3)
+    assert (gated[2:, 5:] == 3).all() and not (gated[:2, :4] == 3).any()
+
+
+def test_blend_seed_limits():
+    td, cam = two_class_maps()
+    # all weight on the CAM: the CAM seed at the same threshold
+    for t in (0.2, 0.3, 0.6):
+        assert np.array_equal(blend_seed(td, cam, [1, 3], 1.0, t), cam_seed(cam, [1, 3], t))
+    # no weight on the CAM: the CAM rule on the top-down map
+    assert np.array_equal(blend_seed(td, cam, [1, 3], 0.0, 0.3), cam_seed(td, [1, 3], 0.3))
+    # every class CAM-only: the CAM seed whatever the weight
+    assert np.array_equal(blend_seed(td, cam, [1, 3], 0.5, 0.3, cam_only=[1, 3]), cam_seed(cam, [1, 3], 0.3))
+    with pytest.raises(ValueError, match="cam_weight"):
+        blend_seed(td, cam, [1, 3], 1.5, 0.3)
+    with pytest.raises(ValueError, match="threshold"):
+        blend_seed(td, cam, [1, 3], 0.5, 0.0)
+
+
+def test_blend_damps_a_direction_on_the_background():
+    """Class 3's top-down map is the top rows, its CAM the right columns (0.25 of its maximum on
+    column 4). Half and half: 1.0 where both agree (top rows, columns 5-7), 0.625 on the top row of
+    column 4, 0.5 where one of them alone says class 3. At 0.7 only the agreement is kept; the
+    paper's seed gives class 3 the whole top rows between the objects."""
+    td, cam = two_class_maps()
+    seed = blend_seed(td, cam, [1, 3], 0.5, 0.7)
+    assert (seed[:, :4] == 1).all()             # class 1: both maps agree
+    assert (seed[:2, 5:] == 3).all()
+    assert (seed[:2, 4] == 0).all() and (seed[2:, 4:] == 0).all()
+    assert (blend_seed(td, cam, [1, 3], 0.5, 0.6)[:2, 4] == 3).all()   # 0.625 >= 0.6
+    paper = icd_seed(td, cam, [1, 3])
+    assert (paper[:2, 4] == 3).all()
+
+
+def test_stage_applies_the_gate_and_the_blend_and_records_the_gate(tmp_path):
+    from tests.test_seeds_crf import _fake_dataset_and_maps  # noqa: PLC0415
+    from icd_pipeline.maps_io import MapsReader
+
+    root, maps_path, ids = _fake_dataset_and_maps(tmp_path, n=6)
+    base = {"pseudo_masks": {"cam_bg_threshold": 0.3, "crf": {"iterations": 2}}}
+    # a gate every map passes (correlation >= -1) changes nothing
+    out_paper, out_open = tmp_path / "paper", tmp_path / "open"
+    for out, seeds in ((out_paper, {}), (out_open, {"icd_image_gate": -1.0})):
+        assert mpm.main(["--config-json", json.dumps({**base, "seeds": seeds}), "--data-root", str(root),
+                         "--maps", str(maps_path), "--out-dir", str(out), "--workers", "1"]) == 0
+    for i in ids:
+        assert np.array_equal(read_mask(out_paper / "icd_crf" / f"{i}.png"), read_mask(out_open / "icd_crf" / f"{i}.png"))
+    manifest = json.loads((out_open / "manifest.json").read_text())
+    assert manifest["image_gate"] and all(g == 0 for g, _ in manifest["image_gate"].values())
+    assert sum(n for _, n in manifest["image_gate"].values()) >= len(ids)
+    # a gate no map passes (correlation >= 1.0 is never reached by noisy maps): every seed is the CAM's
+    out_shut = tmp_path / "shut"
+    assert mpm.main(["--config-json", json.dumps({**base, "seeds": {"icd_image_gate": 1.0}}), "--data-root",
+                     str(root), "--maps", str(maps_path), "--out-dir", str(out_shut), "--workers", "2"]) == 0
+    manifest = json.loads((out_shut / "manifest.json").read_text())
+    with MapsReader(maps_path) as r:
+        gated = {i: mpm.image_gate_for(r.read(i), {"icd_image_gate": 1.0}) for i in ids}
+    assert sum(g for g, _ in manifest["image_gate"].values()) == sum(len(v) for v in gated.values())
+    for i in ids:
+        with MapsReader(maps_path) as r:
+            present = [int(c) for c in r.read(i)["class_ids"]]
+        if sorted(gated[i]) == present:
+            assert np.array_equal(read_mask(out_shut / "icd_seed" / f"{i}.png"), read_mask(out_shut / "cam" / f"{i}.png"))
+    # the blend at full CAM weight is the CAM seed at the blend threshold (0.3 = cam_bg_threshold here)
+    out_blend = tmp_path / "blend"
+    cfg = {**base, "seeds": {"icd_cam_blend": 1.0, "icd_blend_threshold": 0.3}}
+    assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),
+                     "--out-dir", str(out_blend), "--workers", "1"]) == 0
+    for i in ids:
+        assert np.array_equal(read_mask(out_blend / "icd_seed" / f"{i}.png"), read_mask(out_blend / "cam" / f"{i}.png"))
+        assert np.array_equal(read_mask(out_blend / "icd_crf" / f"{i}.png"), read_mask(out_blend / "cam_crf" / f"{i}.png"))
+
+
+def test_bad_blend_settings_are_refused_by_the_schema(tmp_path):
+    from tests.test_seeds_crf import _fake_dataset_and_maps  # noqa: PLC0415
+
+    root, maps_path, _ = _fake_dataset_and_maps(tmp_path, n=3)
+    for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2}):
+        out = tmp_path / "bad"
+        cfg = {"pseudo_masks": {"crf": {"iterations": 1}}, "seeds": seeds}
+        assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),
+                         "--out-dir", str(out), "--workers", "1"]) == 1
+        assert not out.exists()
