@@ -5,7 +5,8 @@
     # superpixels and frozen-feature cache (train_animals is a subset of train's images):
     python benchmarks/icd_robustness.py run --exp NAME --lists train train_animals --seeds 0 1 2 \
         --superpixels results/voc2012-sample/superpixels/<key>/train.h5 \
-        --features results/voc2012-sample/base_s0/features/train.h5 [--set '{"icd": {...}}'] [--no-crf]
+        --features results/voc2012-sample/base_s0/features/train.h5 [--set '{"icd": {...}}'] [--no-crf] \
+        [--reuse OTHER]   # seed settings only: link OTHER's ICD model and maps instead of training
     # figures: mIoU rows and per-class IoU, mean and spread over the seeds, with the diagnosis
     python benchmarks/icd_robustness.py report --exp NAME [NAME ...] --lists train train_animals \
         --seeds 0 1 2 [--out results/icd33/NAME.md]
@@ -71,8 +72,16 @@ def stage(args: list[str], log: Path) -> None:
 
 
 def chain(exp: str, split: str, seed: int, data_root: str, superpixels: str, features: str, overrides: dict,
-          crf: bool = True) -> Path:
+          crf: bool = True, reuse: str | None = None) -> Path:
     out = run_dir(exp, split, seed)
+    if reuse:  # a seed setting only: the other experiment's model and maps, linked
+        src = run_dir(reuse, split, seed)
+        if not (src / "maps" / f"{split}.h5").is_file():
+            raise SystemExit(f"--reuse {reuse}: {src / 'maps' / f'{split}.h5'} is missing: run that experiment first")
+        out.mkdir(parents=True, exist_ok=True)
+        for part in ("icd", "maps"):
+            if not (out / part).exists():
+                (out / part).symlink_to(src / part, target_is_directory=True)
     if (out / "pseudo_masks" / "table.csv").is_file() or (not crf and (out / "maps" / f"{split}.h5").is_file()):
         print(f"{out.name}: done already", flush=True)
         return out
@@ -375,6 +384,7 @@ def main(argv=None) -> int:
     r.add_argument("--features", required=True)
     r.add_argument("--set", default="{}", help="JSON config overrides, merged key by key")
     r.add_argument("--no-crf", action="store_true")
+    r.add_argument("--reuse", help="another experiment whose ICD model and maps this one links (seed settings only)")
     p = sub.add_parser("report")
     p.add_argument("--exp", nargs="+", required=True)
     p.add_argument("--lists", nargs="+", default=["train", "train_animals"])
@@ -398,7 +408,8 @@ def main(argv=None) -> int:
         overrides = json.loads(args.set)
         for lst in args.lists:
             for s in args.seeds:
-                chain(args.exp, lst, s, args.data_root, args.superpixels, args.features, overrides, crf=not args.no_crf)
+                chain(args.exp, lst, s, args.data_root, args.superpixels, args.features, overrides, crf=not args.no_crf,
+                      reuse=args.reuse)
     elif args.cmd == "quick":
         table = {}
         for lst in args.lists:

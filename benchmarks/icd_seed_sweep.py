@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""ICD seed rules of issue 33 on one maps file, scored on the *training* list (choice of
+``seeds.icd_image_gate``, ``seeds.icd_cam_blend``, ``seeds.icd_blend_threshold``).
+
+    .venv/bin/python benchmarks/icd_seed_sweep.py --data-root ../shared/data/voc2012-sample/VOC2012 \
+        --split train --maps results/voc2012-sample/maps/<key>/train.h5 \
+        --config config.yaml workflow/presets/voc2012_sample.yaml [--crf-every 4] [--out CSV]
+
+Per image it builds the CAM seed, the paper's ICD seed, and for every gate in ``--gates`` (None
+= no gate) and every (CAM weight, threshold) in ``--blends`` the blended seed
+(:func:`icd_pipeline.seeds.blend_seed`, the gate's classes from the CAM alone), and the paper's
+seed with the gate; each is scored against the list's masks (255 counted as background, the
+pipeline's rule), and refined by the config's CRF and scored again on every ``--crf-every``-th
+image. It prints the mIoU of every rule and writes per-class IoU to ``--out``. The figures next
+to the three keys in ``workflow/presets/voc2012_sample.yaml`` come from this sweep on the seed-0
+maps of ``train`` (``--crf-every 4``) and ``train_animals`` (``--crf-every 3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from icd_pipeline.config import load_config  # noqa: E402
+from icd_pipeline.crf import crf_from_labels, crf_params_from_config  # noqa: E402
+from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
+from icd_pipeline.evaluate import confusion_matrix, scores  # noqa: E402
+from icd_pipeline.maps_io import MapsReader  # noqa: E402
+from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_gate_classes, upsample_maps  # noqa: E402
+from icd_pipeline.stages.make_pseudo_masks import cell_size  # noqa: E402
+
+_G: dict = {}
+
+
+def _init(maps: str, data_root: str, cfg: dict, gates, blends) -> None:
+    _G.update(reader=MapsReader(maps), layout=VOCLayout.open(data_root), cfg=cfg, gates=gates, blends=blends)
+
+
+def seeds_of(record: dict, td, cam, cfg: dict, gates, blends) -> dict:
+    """Every rule's seed of one image (``td``, ``cam``: upsampled maps of its present classes)."""
+    pm, sd = cfg["pseudo_masks"], cfg["seeds"]
+    ids = [int(c) for c in record["class_ids"]]
+    cam_t = pm["cam_bg_threshold"]
+    out = {"CAM": cam_seed(cam, ids, cam_t)}
+    for gate in gates:
+        only = image_gate_classes(record["td"], record["cam"], ids, gate)
+        tag = "" if gate is None else f" gate {gate:g}"
+        out["ICD" + tag] = icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"], only, cam_t)
+        for w, t in blends:
+            out[f"blend {w:g}/{t:g}{tag}"] = blend_seed(td, cam, ids, w, t, only)
+    return out
+
+
+def _one(job):
+    image_id, crf = job
+    reader, layout, cfg = _G["reader"], _G["layout"], _G["cfg"]
+    rec = reader.read(image_id)
+    hw = tuple(rec["image_hw"])
+    cell = cell_size(rec, reader.attrs)
+    cam = upsample_maps(rec["cam"], hw, rec.get("valid_hw"), cell)
+    td = upsample_maps(rec["td"], hw, rec.get("valid_hw"), cell)
+    seeds = seeds_of(rec, td, cam, cfg, _G["gates"], _G["blends"])
+    gt = read_mask(layout.mask_path(image_id), layout.num_classes)
+    res = {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
+    if crf:
+        pm = cfg["pseudo_masks"]
+        kw = crf_params_from_config(pm["crf"])
+        if pm["crf"].get("labels", "all") == "present":
+            kw["present"] = [int(c) for c in rec["class_ids"]]
+        image = read_image(layout.image_path(image_id))
+        for m, s in seeds.items():
+            p = crf_from_labels(image, s, layout.num_classes, pm["crf"]["unary_confidence"], pm["crf"]["min_posterior"],
+                                **kw)
+            res[m + " +CRF"] = confusion_matrix(gt, p, layout.num_classes)[0]
+    return res
+
+
+def _gate(text: str):
+    return None if text.lower() == "none" else float(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--maps", required=True)
+    ap.add_argument("--config", nargs="+", default=["config.yaml"], help="config files, merged in order")
+    ap.add_argument("--gates", nargs="+", type=_gate, default=[None, 0.0, 0.2, 0.4])
+    ap.add_argument("--blends", nargs="+", default=["0.3/0.3", "0.5/0.3", "0.7/0.3", "0.5/0.25"],
+                    help="CAM weight/threshold pairs")
+    ap.add_argument("--crf-every", type=int, default=4, help="CRF rows on every k-th image (0: none)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    blends = [tuple(float(v) for v in b.split("/")) for b in args.blends]
+    layout = VOCLayout.open(args.data_root)
+    ids = layout.ids(args.split)
+    jobs = [(i, args.crf_every > 0 and n % args.crf_every == 0) for n, i in enumerate(ids)]
+    cms: dict = {}
+    with mp.get_context("fork").Pool(args.workers, initializer=_init,
+                                     initargs=(args.maps, args.data_root, cfg, args.gates, blends)) as pool:
+        for res in pool.imap(_one, jobs, chunksize=4):
+            for m, cm in res.items():
+                cms[m] = cms.get(m, 0) + cm
+    rows = [{"rule": m, "class": n, "iou": scores(cm)["iou"][c]} for m, cm in cms.items()
+            for c, n in enumerate(layout.class_names)]
+    df = pd.DataFrame(rows)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False, float_format="%.6f")
+    miou = df.groupby("rule", sort=False)["iou"].mean()
+    print(f"{args.split}: {len(ids)} images, CRF on {sum(c for _, c in jobs)}")
+    print(miou.round(4).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
