@@ -245,6 +245,21 @@ def read_run(out: Path, animals_ids: bool = False) -> tuple[pd.DataFrame, pd.Dat
     return pd.read_csv(t), pd.read_csv(p)
 
 
+def image_gate_shares(runs: list[Path]) -> dict[str, float]:
+    """Per class, the share of its (image, seed) pairs whose ICD seed the image gate
+    (``seeds.icd_image_gate``) took from the CAM, from the pseudo-mask manifests; {} without a gate."""
+    totals: dict[str, list[int]] = {}
+    for out in runs:
+        manifest = out / "pseudo_masks" / "masks" / "manifest.json"
+        if not manifest.is_file():
+            continue
+        for name, (gated, images) in json.loads(manifest.read_text()).get("image_gate", {}).items():
+            t = totals.setdefault(name, [0, 0])
+            t[0] += gated
+            t[1] += images
+    return {name: g / n for name, (g, n) in totals.items() if n}
+
+
 def mean_spread(values) -> str:
     v = np.asarray([x for x in values if x == x], dtype=float)
     if len(v) == 0:
@@ -267,7 +282,7 @@ def report(exps, lists, seeds, out_md: Path | None) -> str:
         lines.append(f"\n### {title}\n")
         lines.append("| experiment | seeds | CAM+CRF | ICD+CRF | ICD+CRF − CAM+CRF | ICD (seed) | classes ICD+CRF < CAM+CRF − 0.05 (mean over seeds) |")
         lines.append("|---|---|---|---|---|---|---|")
-        per_class_all = {}
+        per_class_all, gate_all = {}, {}
         for exp in exps:
             runs = [(s, read_run(run_dir(exp, lst, s), animals_ids)) for s in seeds]
             runs = [(s, r) for s, r in runs if r is not None]
@@ -286,6 +301,7 @@ def report(exps, lists, seeds, out_md: Path | None) -> str:
                          f"{mean_spread(tab['ICD+CRF'])} | {mean_spread(diff)} | {mean_spread(tab['ICD'])} | "
                          + (", ".join(f"{n} {d:+.3f}" for n, d in losers) or "none") + " |")
             per_class_all[exp] = pc
+            gate_all[exp] = image_gate_shares([run_dir(exp, lst, s) for s, _ in runs])
         if not per_class_all:
             continue
         lines.append("\nPer class, ICD+CRF − CAM+CRF (mean over the seeds; CAM+CRF of the first experiment):\n")
@@ -299,9 +315,11 @@ def report(exps, lists, seeds, out_md: Path | None) -> str:
             if not cam_mean == cam_mean:
                 continue
             cells = []
-            for pc in per_class_all.values():
+            for exp, pc in per_class_all.items():
                 icd_v, cam_v = pc.loc[n, "ICD+CRF"], pc.loc[n, "CAM+CRF"]
-                cells.append(f"{icd_v.mean():.3f} ({icd_v.mean() - cam_v.mean():+.3f})")
+                gate = gate_all[exp].get(n)
+                cells.append(f"{icd_v.mean():.3f} ({icd_v.mean() - cam_v.mean():+.3f})"
+                             + (f", gated {gate:.0%}" if gate is not None else ""))
             lines.append(f"| {n} | {cam_mean:.3f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if out_md is not None:
