@@ -130,32 +130,24 @@ def _quick_init(maps_path, data_root, cfg, fallback):
 
 def _quick_image(args):
     """Confusion matrices of one image: CAM and ICD seeds, and with ``crf`` their CRF too."""
-    from icd_pipeline.crf import crf_from_labels, crf_params_from_config
     from icd_pipeline.data.voc import read_image, read_mask
     from icd_pipeline.evaluate import confusion_matrix
-    from icd_pipeline.stages.make_pseudo_masks import cell_size
-    from icd_pipeline.seeds import cam_seed, icd_seed, upsample_maps
+    from icd_pipeline.stages.make_pseudo_masks import image_maps, refine
+    from icd_pipeline.seeds import cam_seed, icd_seed
 
     image_id, crf = args
     reader, layout, cfg = _Q["reader"], _Q["layout"], _Q["cfg"]
     rec = reader.read(image_id)
-    hw = tuple(rec["image_hw"])
-    cell = cell_size(rec, reader.attrs)
-    cam = upsample_maps(rec["cam"], hw, rec.get("valid_hw"), cell)
-    td = upsample_maps(rec["td"], hw, rec.get("valid_hw"), cell)
+    cam, td = image_maps(rec, reader.attrs)
     ids = [int(c) for c in rec["class_ids"]]
     pm, sd = cfg["pseudo_masks"], cfg["seeds"]
     seeds = {"CAM": cam_seed(cam, ids, pm["cam_bg_threshold"]),
              "ICD": icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"],
                              [c for c in ids if c in _Q["fallback"]], pm["cam_bg_threshold"])}
     if crf:
-        kw = crf_params_from_config(pm["crf"])
-        if pm["crf"].get("labels", "all") == "present":
-            kw["present"] = ids
         image = read_image(layout.image_path(image_id))
         for m in ("CAM", "ICD"):
-            seeds[m + "+CRF"] = crf_from_labels(image, seeds[m], layout.num_classes, pm["crf"]["unary_confidence"],
-                                                pm["crf"]["min_posterior"], **kw)
+            seeds[m + "+CRF"] = refine(image, seeds[m], ids, layout.num_classes, pm)
     gt = read_mask(layout.mask_path(image_id), layout.num_classes)
     return {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
 
@@ -366,8 +358,6 @@ def diagnose(exp: str, lists, seeds, out_md: Path | None) -> str:
         g = df.groupby("class")
         mean = g.mean(numeric_only=True)
         spread = (g.max(numeric_only=True) - g.min(numeric_only=True)) / 2
-        cols = ["agreement_ep1", "agreement", "sign_margin", "bu_fg", "td_fg_ep1", "td_fg", "cam_fg", "td_cam_corr",
-                "td_fg_map", "cam_fg_map"] + (["icd_crf", "cam_crf"] if "icd_crf" in df else [])
         lines.append(f"\n### {exp}, {lst} (mean over seeds {','.join(str(s) for s in sorted(df.seed.unique()))}; "
                      "± half the range)\n")
         lines.append("| class | imgs | agree ep1 → last | sign margin | bu fg | td fg ep1 → last | cam fg | "

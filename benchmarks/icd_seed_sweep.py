@@ -28,12 +28,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from icd_pipeline.config import load_config  # noqa: E402
-from icd_pipeline.crf import crf_from_labels, crf_params_from_config  # noqa: E402
 from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
 from icd_pipeline.evaluate import confusion_matrix, scores  # noqa: E402
 from icd_pipeline.maps_io import MapsReader  # noqa: E402
-from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_gate_classes, upsample_maps  # noqa: E402
-from icd_pipeline.stages.make_pseudo_masks import cell_size  # noqa: E402
+from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_gate_classes  # noqa: E402
+from icd_pipeline.stages.make_pseudo_masks import image_maps, refine  # noqa: E402
 
 _G: dict = {}
 
@@ -61,22 +60,14 @@ def _one(job):
     image_id, crf = job
     reader, layout, cfg = _G["reader"], _G["layout"], _G["cfg"]
     rec = reader.read(image_id)
-    hw = tuple(rec["image_hw"])
-    cell = cell_size(rec, reader.attrs)
-    cam = upsample_maps(rec["cam"], hw, rec.get("valid_hw"), cell)
-    td = upsample_maps(rec["td"], hw, rec.get("valid_hw"), cell)
+    cam, td = image_maps(rec, reader.attrs)
     seeds = seeds_of(rec, td, cam, cfg, _G["gates"], _G["blends"])
     gt = read_mask(layout.mask_path(image_id), layout.num_classes)
     res = {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
     if crf:
-        pm = cfg["pseudo_masks"]
-        kw = crf_params_from_config(pm["crf"])
-        if pm["crf"].get("labels", "all") == "present":
-            kw["present"] = [int(c) for c in rec["class_ids"]]
         image = read_image(layout.image_path(image_id))
         for m, s in seeds.items():
-            p = crf_from_labels(image, s, layout.num_classes, pm["crf"]["unary_confidence"], pm["crf"]["min_posterior"],
-                                **kw)
+            p = refine(image, s, rec["class_ids"], layout.num_classes, cfg["pseudo_masks"])
             res[m + " +CRF"] = confusion_matrix(gt, p, layout.num_classes)[0]
     return res
 

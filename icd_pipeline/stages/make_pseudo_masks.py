@@ -136,6 +136,25 @@ def cell_size(record: dict, attrs: dict | None) -> tuple[float, float] | None:
     return float(stride) * H / sh, float(stride) * W / sw
 
 
+def image_maps(record: dict, attrs: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(CAM, top-down) logits of one maps record's present classes at image size (K, H, W)."""
+    hw = tuple(int(v) for v in record["image_hw"])
+    cell = cell_size(record, attrs)
+    valid = record.get("valid_hw")
+    return upsample_maps(record["cam"], hw, valid, cell), upsample_maps(record["td"], hw, valid, cell)
+
+
+def refine(image: np.ndarray, seed: np.ndarray, class_ids: Sequence[int], num_labels: int, pm_cfg: dict) -> np.ndarray:
+    """One seed through the dense CRF of ``pseudo_masks.crf`` (labels ``present``: background and
+    ``class_ids`` only)."""
+    crf_cfg = dict(pm_cfg.get("crf", {}))
+    kwargs = crf_params_from_config(crf_cfg)
+    if crf_cfg.get("labels", "all") == "present":
+        kwargs["present"] = [int(c) for c in class_ids]
+    return crf_from_labels(image, seed, num_labels, crf_cfg.get("unary_confidence", 0.5),
+                           crf_cfg.get("min_posterior", 0.1), **kwargs)
+
+
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
                            saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = (),
@@ -153,12 +172,6 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
     class_ids = [int(c) for c in record["class_ids"]]
     if any(c >= num_labels for c in class_ids):
         raise ValueError(f"class ids {class_ids} outside 1..{num_labels - 1}")
-    crf_cfg = dict(pm_cfg.get("crf", {}))
-    crf_kwargs = crf_params_from_config(crf_cfg)
-    if crf_cfg.get("labels", "all") == "present":
-        crf_kwargs["present"] = class_ids
-    conf = crf_cfg.get("unary_confidence", 0.5)
-    min_post = crf_cfg.get("min_posterior", 0.1)
     seeds_cfg = seeds_cfg or {}
     if not class_ids:   # no image-level label: nothing but background can be claimed
         cam = icd = np.zeros((H, W), np.uint8)
@@ -184,15 +197,15 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
                                  pm_cfg.get("cam_bg_threshold", 0.3), icd_bg, icd_fg, fallback["cam_fallback"])
     out = {
         "cam": cam,
-        "cam_crf": crf_from_labels(image, cam, num_labels, conf, min_post, **crf_kwargs),
+        "cam_crf": refine(image, cam, class_ids, num_labels, pm_cfg),
         "icd_seed": icd,
-        "icd_crf": crf_from_labels(image, icd, num_labels, conf, min_post, **crf_kwargs),
+        "icd_crf": refine(image, icd, class_ids, num_labels, pm_cfg),
     }
     if saliency is not None:
         for kind in ("cam", "icd"):
             out[f"{kind}_sal"] = sal[kind]
             if seeds_cfg.get("saliency_crf", False):
-                out[f"{kind}_sal_crf"] = crf_from_labels(image, sal[kind], num_labels, conf, min_post, **crf_kwargs)
+                out[f"{kind}_sal_crf"] = refine(image, sal[kind], class_ids, num_labels, pm_cfg)
     return out
 
 
@@ -397,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["METHODS", "SALIENCY_METHOD", "SALIENCY_METHODS", "SALIENCY_CRF_METHODS", "saliency_methods",
-           "saliency_folder_for", "methods_for", "cell_size", "pseudo_masks_for_image", "image_gate_for", "run", "main"]
+           "saliency_folder_for", "methods_for", "cell_size", "image_maps", "refine", "pseudo_masks_for_image", "image_gate_for", "run", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
