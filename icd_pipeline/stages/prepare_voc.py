@@ -10,18 +10,17 @@ checks the split sizes against ``dataset.expected_counts`` (null: the real VOC 2
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, add_config_args, config_from_args
+from ..config import ConfigError
+from ..data.prepare import VOC2012_COUNTS, prepare_voc
 from ..data.voc import DataError
-from ..misc.commands import command_name
 from ..misc.runtime import get_logger
+from . import dataset_parser, splits_summary, write_dataset
 
 log = get_logger("icd_pipeline.data.prepare")
-from ..data.prepare import VOC2012_COUNTS, prepare_voc
 
 
 def _extracted_roots(downloads: Path) -> tuple[Path, Path]:
@@ -40,34 +39,25 @@ def _extracted_roots(downloads: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.prepare_voc"),
-                                     description=__doc__.split("\n")[0])
-    add_config_args(parser)
+    parser = dataset_parser("icd_pipeline.stages.prepare_voc", __doc__.split("\n")[0])
     parser.add_argument("--downloads", type=Path, default=None,
                         help="the download stage's --out-dir (holds extracted.json)")
     parser.add_argument("--voc-root", type=Path, default=None, help="override: extracted VOCdevkit/VOC2012")
     parser.add_argument("--sbd-root", type=Path, default=None, help="override: extracted benchmark_RELEASE/dataset")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (VOC layout + manifest.json)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        ds = config_from_args(args)["dataset"]
+
+    def build(config: dict) -> dict:
         voc_root, sbd_root = args.voc_root, args.sbd_root
         if voc_root is None or sbd_root is None:
             if args.downloads is None:
                 raise ConfigError("give --downloads, or both --voc-root and --sbd-root")
             found_voc, found_sbd = _extracted_roots(args.downloads)
             voc_root, sbd_root = voc_root or found_voc, sbd_root or found_sbd
-        expected = ds.get("expected_counts")
-        if expected is None:
-            expected = VOC2012_COUNTS
-        manifest = prepare_voc(voc_root, sbd_root, args.out, expected_counts=expected,
-                               progress=not args.no_progress)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("manifest: %s", json.dumps(manifest["splits"]))
-    return 0
+        expected = config["dataset"].get("expected_counts")
+        return prepare_voc(voc_root, sbd_root, args.out, expected_counts=VOC2012_COUNTS if expected is None else expected,
+                           progress=not args.no_progress)
+
+    return write_dataset(args, build, splits_summary, log)
 
 
 if __name__ == "__main__":

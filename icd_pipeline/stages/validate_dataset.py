@@ -11,39 +11,33 @@ Nothing is written into the user's folder; on an error nothing is left in ``--ou
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
-from ..config import ConfigError, add_config_args, config_from_args
+from ..config import ConfigError
 from ..data.folder import build_view
-from ..data.voc import DataError
-from ..misc.commands import command_name
 from ..misc.runtime import get_logger
+from . import dataset_parser, write_dataset
 
 log = get_logger("icd_pipeline.data.folder")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=command_name("icd_pipeline.stages.validate_dataset"),
-                                     description=__doc__.split("\n")[0])
-    add_config_args(parser)
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder: the dataset's VOC-layout view and manifest.json")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = dataset_parser("icd_pipeline.stages.validate_dataset", __doc__.split("\n")[0],
+                            "output folder: the dataset's VOC-layout view and manifest.json")
     args = parser.parse_args(argv)
-    try:
-        ds = config_from_args(args)["dataset"]
+
+    def build(config: dict) -> dict:
+        ds = config["dataset"]
         if not ds.get("root"):
             raise ConfigError("dataset.root must name the dataset folder when dataset.source is 'folder'")
-        manifest = build_view(ds, args.out, progress=not args.no_progress)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    log.info("%s layout, %d classes; images per split %s, with a mask %s", manifest["layout"],
-             len(manifest["class_names"]) - 1, json.dumps(manifest["splits"]), json.dumps(manifest["masks"]))
-    return 0
+        return build_view(ds, args.out, progress=not args.no_progress)
+
+    def summary(manifest: dict) -> str:
+        return (f"{manifest['layout']} layout, {len(manifest['class_names']) - 1} classes; images per split "
+                f"{json.dumps(manifest['splits'])}, with a mask {json.dumps(manifest['masks'])}")
+
+    return write_dataset(args, build, summary, log)
 
 
 if __name__ == "__main__":
