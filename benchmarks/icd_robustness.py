@@ -132,8 +132,8 @@ def _quick_image(args):
     """Confusion matrices of one image: CAM and ICD seeds, and with ``crf`` their CRF too."""
     from icd_pipeline.data.voc import read_image, read_mask
     from icd_pipeline.evaluate import confusion_matrix
-    from icd_pipeline.stages.make_pseudo_masks import image_maps, refine
-    from icd_pipeline.seeds import cam_seed, icd_seed
+    from icd_pipeline.stages.make_pseudo_masks import icd_seed_for, image_gate_for, image_maps, refine
+    from icd_pipeline.seeds import cam_seed
 
     image_id, crf = args
     reader, layout, cfg = _Q["reader"], _Q["layout"], _Q["cfg"]
@@ -142,8 +142,8 @@ def _quick_image(args):
     ids = [int(c) for c in rec["class_ids"]]
     pm, sd = cfg["pseudo_masks"], cfg["seeds"]
     seeds = {"CAM": cam_seed(cam, ids, pm["cam_bg_threshold"]),
-             "ICD": icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"],
-                             [c for c in ids if c in _Q["fallback"]], pm["cam_bg_threshold"])}
+             "ICD": icd_seed_for(td, cam, ids, pm, sd, [c for c in ids if c in _Q["fallback"]],
+                                 image_gate_for(rec, sd))}
     if crf:
         image = read_image(layout.image_path(image_id))
         for m in ("CAM", "ICD"):

@@ -99,6 +99,13 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
     return (x - lo) / max(hi - lo, EPS)
 
 
+def relu_max_normalise(x: np.ndarray) -> np.ndarray:
+    """ReLU(x) divided by each map's maximum (K, H, W -> per class; a map without a positive
+    value stays 0): the per-class normalisation of the CAM and top-down seeds."""
+    x = np.maximum(np.asarray(x, dtype=np.float32), 0)
+    return x / np.maximum(x.max(axis=(1, 2), keepdims=True), EPS)
+
+
 def _check_threshold(value: float, name: str) -> float:
     t = float(value)
     if not 0 < t < 1:
@@ -124,7 +131,7 @@ def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
     _check(td, class_ids, "td")
     labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
     k = td.shape[0]
-    p = np.maximum(td, 0) / np.maximum(td.max(axis=(1, 2), keepdims=True), EPS)
+    p = relu_max_normalise(td)
     proposal = p > icd_fg_threshold
     neg = np.minimum(td, 0) / np.minimum(td.min(axis=(1, 2), keepdims=True), -EPS)
     says_bg = neg > icd_bg_threshold
@@ -132,8 +139,7 @@ def _icd_parts(td: np.ndarray, cam: np.ndarray | None, class_ids: Sequence[int],
     if fallback.any():  # these classes' seeds come from the CAM (cam_seed's rule)
         if cam is None or np.shape(cam) != td.shape:
             raise ValueError("cam maps of the same shape as td are needed for the CAM fallback")
-        cam_n = np.maximum(np.asarray(cam, np.float32), 0)
-        cam_n = cam_n / np.maximum(cam_n.max(axis=(1, 2), keepdims=True), EPS)
+        cam_n = relu_max_normalise(cam)
         p[fallback] = cam_n[fallback]
         proposal[fallback] = cam_n[fallback] >= cam_threshold
         says_bg[fallback] = cam_n[fallback] < cam_threshold
@@ -238,8 +244,7 @@ def _cam_parts(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float):
     cam = np.asarray(cam, dtype=np.float32)
     _check(cam, class_ids, "cam")
     labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
-    a = np.maximum(cam, 0)
-    a = a / np.maximum(a.max(axis=(1, 2), keepdims=True), EPS)
+    a = relu_max_normalise(cam)
     fg = a.max(axis=0) >= bg_threshold
     return labels[a.argmax(axis=0)], fg, ~fg, _top_two_tie(a)
 
@@ -361,13 +366,8 @@ def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_we
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != td.shape:
         raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
-
-    def n(x):
-        x = np.maximum(x, 0)
-        return x / np.maximum(x.max(axis=(1, 2), keepdims=True), EPS)
-
-    cam_n = n(cam)
-    score = w * cam_n + (1 - w) * n(td)
+    cam_n = relu_max_normalise(cam)
+    score = w * cam_n + (1 - w) * relu_max_normalise(td)
     only = _fallback_rows(class_ids, cam_only)
     score[only] = cam_n[only]
     return cam_seed(score, class_ids, threshold)
@@ -379,13 +379,12 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
     cam = np.asarray(cam, dtype=np.float32)
     _check(cam, class_ids, "cam")
     labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
-    a = np.maximum(cam, 0)
-    a = a / np.maximum(a.max(axis=(1, 2), keepdims=True), EPS)
+    a = relu_max_normalise(cam)
     seed = labels[a.argmax(axis=0)]
     seed[a.max(axis=0) < bg_threshold] = 0
     return seed
 
 
-__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "icd_seed", "saliency_seed", "salient_seed",
-           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
+__all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "relu_max_normalise", "icd_seed", "saliency_seed",
+           "salient_seed",           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
            "image_gate_classes", "blend_seed", "VOID"]

@@ -2,7 +2,8 @@
 
 ``cam/``       CAM baseline (:func:`seeds.cam_seed`, threshold ``pseudo_masks.cam_bg_threshold``)
 ``cam_crf/``   the CAM seed refined by the same dense CRF as the ICD seed
-``icd_seed/``  ICD seed (:func:`seeds.icd_seed`), 255 = ignore
+``icd_seed/``  ICD seed (:func:`icd_seed_for`: the paper's :func:`seeds.icd_seed`, or the gate and blend of
+               issue 33), 255 = ignore
 ``icd_crf/``   the ICD seed refined by the dense CRF (:func:`crf.crf_from_labels`) - the
                pseudo-mask of the paper
 ``icd_sal/``   only with saliency maps (``seeds.background: saliency``, or a dataset that
@@ -155,6 +156,21 @@ def refine(image: np.ndarray, seed: np.ndarray, class_ids: Sequence[int], num_la
                            crf_cfg.get("min_posterior", 0.1), **kwargs)
 
 
+def icd_seed_for(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], pm_cfg: dict, seeds_cfg: dict | None,
+                 cam_fallback: Sequence[int] = (), image_cam_only: Sequence[int] = ()) -> np.ndarray:
+    """The ICD seed (icd_seed/) of one image as the config asks: :func:`seeds.blend_seed` with
+    ``seeds.icd_cam_blend``, else the paper's :func:`seeds.icd_seed`; the classes of
+    ``cam_fallback`` (``seeds.cam_fallback_below``) and ``image_cam_only`` (``seeds.icd_image_gate``,
+    :func:`image_gate_for`) take the CAM's. ``td``, ``cam``: upsampled maps of ``class_ids``."""
+    seeds_cfg = seeds_cfg or {}
+    cam_only = sorted(set(int(c) for c in cam_fallback) | {int(c) for c in image_cam_only})
+    if seeds_cfg.get("icd_cam_blend") is not None:
+        return blend_seed(td, cam, class_ids, seeds_cfg["icd_cam_blend"], seeds_cfg.get("icd_blend_threshold", 0.3),
+                          cam_only)
+    return icd_seed(td, cam, class_ids, seeds_cfg.get("icd_bg_threshold", EPS), seeds_cfg.get("icd_fg_threshold", EPS),
+                    cam_only, pm_cfg.get("cam_bg_threshold", 0.3))
+
+
 def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_cfg: dict,
                            cell: tuple[float, float] | None = None, seeds_cfg: dict | None = None,
                            saliency: np.ndarray | None = None, cam_fallback: Sequence[int] = (),
@@ -164,8 +180,7 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
     when ``saliency`` (H x W in [0, 1]) is given. ``cam_fallback``: class ids whose ICD seed comes
     from the CAM (``seeds.cam_fallback_below``; the image's own classes are picked here).
     ``image_cam_only``: this image's classes whose ICD seed (icd_seed / icd_crf only) comes from
-    the CAM (``seeds.icd_image_gate``, :func:`image_gate_for`). With ``seeds.icd_cam_blend`` the
-    ICD seed is :func:`seeds.blend_seed` instead of the paper's :func:`seeds.icd_seed`."""
+    the CAM (``seeds.icd_image_gate``, :func:`image_gate_for`); the ICD seed is :func:`icd_seed_for`'s."""
     H, W = image.shape[:2]
     if tuple(record["image_hw"]) != (H, W):
         raise ValueError(f"maps were computed for image size {tuple(record['image_hw'])}, image is {(H, W)}")
@@ -180,21 +195,15 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         valid = record.get("valid_hw")
         td = upsample_maps(record["td"], (H, W), valid, cell)
         cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
-        cam = cam_seed(cam_maps, class_ids, pm_cfg.get("cam_bg_threshold", 0.3))
-        icd_bg = seeds_cfg.get("icd_bg_threshold", EPS)
-        icd_fg = seeds_cfg.get("icd_fg_threshold", EPS)
-        fallback = {"cam_fallback": [c for c in class_ids if c in set(cam_fallback)],
-                    "cam_threshold": pm_cfg.get("cam_bg_threshold", 0.3)}
-        icd_only = sorted(set(fallback["cam_fallback"]) | {int(c) for c in image_cam_only})
-        if seeds_cfg.get("icd_cam_blend") is not None:
-            icd = blend_seed(td, cam_maps, class_ids, seeds_cfg["icd_cam_blend"],
-                             seeds_cfg.get("icd_blend_threshold", 0.3), icd_only)
-        else:
-            icd = icd_seed(td, cam_maps, class_ids, icd_bg, icd_fg, icd_only, fallback["cam_threshold"])
+        cam_t = pm_cfg.get("cam_bg_threshold", 0.3)
+        cam = cam_seed(cam_maps, class_ids, cam_t)
+        class_fallback = [c for c in class_ids if c in set(cam_fallback)]
+        icd = icd_seed_for(td, cam_maps, class_ids, pm_cfg, seeds_cfg, class_fallback, image_cam_only)
         if saliency is not None:
             sal = saliency_seeds(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
                                  seeds_cfg.get("saliency_min_area", 0.01), seeds_cfg.get("saliency_assign", "agree"),
-                                 pm_cfg.get("cam_bg_threshold", 0.3), icd_bg, icd_fg, fallback["cam_fallback"])
+                                 cam_t, seeds_cfg.get("icd_bg_threshold", EPS), seeds_cfg.get("icd_fg_threshold", EPS),
+                                 class_fallback)
     out = {
         "cam": cam,
         "cam_crf": refine(image, cam, class_ids, num_labels, pm_cfg),
@@ -212,11 +221,8 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
 def image_gate_for(record: dict, seeds_cfg: dict | None) -> list[int]:
     """The classes of one maps record whose top-down map agrees with the CAM, on the map cells
     of this image, less than ``seeds.icd_image_gate`` (:func:`seeds.image_gate_classes`)."""
-    below = (seeds_cfg or {}).get("icd_image_gate")
-    class_ids = [int(c) for c in record["class_ids"]]
-    if below is None or not class_ids:
-        return []
-    return image_gate_classes(record["td"], record["cam"], class_ids, below)
+    return image_gate_classes(record["td"], record["cam"], [int(c) for c in record["class_ids"]],
+                              (seeds_cfg or {}).get("icd_image_gate"))
 
 
 # --------------------------------------------------------------------------- workers
@@ -410,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["METHODS", "SALIENCY_METHOD", "SALIENCY_METHODS", "SALIENCY_CRF_METHODS", "saliency_methods",
-           "saliency_folder_for", "methods_for", "cell_size", "image_maps", "refine", "pseudo_masks_for_image", "image_gate_for", "run", "main"]
+           "saliency_folder_for", "methods_for", "cell_size", "image_maps", "refine",
+           "icd_seed_for", "pseudo_masks_for_image", "image_gate_for", "run", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
