@@ -348,15 +348,34 @@ def image_gate_classes(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int]
     return [int(c) for c, a in zip(class_ids, agreement) if a < float(below)]
 
 
+def image_spread(td: np.ndarray, cam: np.ndarray, fg_threshold: float, cam_threshold: float) -> np.ndarray:
+    """(K,) per present class: the share of the image the top-down map calls foreground (N(T) above
+    ``fg_threshold``, the ICD seed's rule) over the share the CAM does (N(CAM) at least
+    ``cam_threshold``, the CAM seed's); N is ReLU over the map's maximum. ICD is meant to extend
+    the CAM to the whole object, so a ratio of 1-2 is expected; far above that the direction has
+    flooded the background (issue 33: tvmonitor, pottedplant and train on the sample). A class
+    the CAM leaves empty counts as one pixel of CAM foreground."""
+    td = np.asarray(td, dtype=np.float32)
+    cam = np.asarray(cam, dtype=np.float32)
+    if td.ndim != 3 or td.shape != cam.shape:
+        raise ValueError(f"td and cam must be (K, H, W) of one shape, got {td.shape} and {cam.shape}")
+    td_fg = (relu_max_normalise(td) > float(fg_threshold)).sum(axis=(1, 2))
+    cam_fg = (relu_max_normalise(cam) >= float(cam_threshold)).sum(axis=(1, 2))
+    return td_fg.astype(np.float64) / np.maximum(cam_fg, 1)
+
+
 def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_weight: float, threshold: float,
-               cam_only: Sequence[int] = ()) -> np.ndarray:
+               cam_only: Sequence[int] = (), cam_threshold: float | None = None) -> np.ndarray:
     """ICD's top-down map blended with the CAM (``seeds.icd_cam_blend``, issue 33).
 
     Per present class s_c = w N(CAM_c) + (1 - w) N(T_c), N(x) = ReLU(x) / its maximum over the
     image, w = ``cam_weight``; classes in ``cam_only`` (the CAM fallbacks) use N(CAM_c) alone.
-    The seed is :func:`cam_seed`'s rule on s: background where max_c s_c / max s_c is below
+    The seed is :func:`cam_seed`'s rule on s: background where max_c N(s_c) is below
     ``threshold``, else the argmax class; no 255. ICD extends the CAM where the two agree and a
-    direction gone wrong (its map on the background) is damped by a CAM that is near zero there."""
+    direction gone wrong (its map on the background) is damped by a CAM that is near zero there.
+    With ``cam_threshold`` (the CAM seed's ``pseudo_masks.cam_bg_threshold``) a fallback class
+    calls foreground where N(CAM_c) >= ``cam_threshold``, as in :func:`cam_seed`, so an image
+    whose classes all fall back gets exactly the CAM seed; without it, at ``threshold``."""
     w = float(cam_weight)
     if not 0 <= w <= 1:
         raise ValueError(f"cam_weight must be in [0, 1], got {cam_weight}")
@@ -367,10 +386,14 @@ def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_we
     if cam.shape != td.shape:
         raise ValueError(f"cam shape {cam.shape} differs from td shape {td.shape}")
     cam_n = relu_max_normalise(cam)
-    score = w * cam_n + (1 - w) * relu_max_normalise(td)
+    score = relu_max_normalise(w * cam_n + (1 - w) * relu_max_normalise(td))
     only = _fallback_rows(class_ids, cam_only)
-    score[only] = cam_n[only]
-    return cam_seed(score, class_ids, threshold)
+    scale = 1.0 if cam_threshold is None else threshold / _check_threshold(cam_threshold, "cam_threshold")
+    score[only] = cam_n[only] * scale
+    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
+    seed = labels[score.argmax(axis=0)]
+    seed[score.max(axis=0) < threshold] = 0
+    return seed
 
 
 def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
@@ -386,5 +409,5 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
 
 
 __all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "relu_max_normalise", "icd_seed", "saliency_seed",
-           "salient_seed",           "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
-           "image_gate_classes", "blend_seed", "VOID"]
+           "salient_seed", "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
+           "image_gate_classes", "image_spread", "blend_seed", "VOID"]

@@ -1,5 +1,6 @@
 """ICD seeds that cannot lose a class to the CAM (issue 33): the per-image agreement gate
-(seeds.icd_image_gate) and the CAM blend (seeds.icd_cam_blend)."""
+(seeds.icd_image_gate), the spread gate (seeds.icd_spread_gate) and the CAM blend
+(seeds.icd_cam_blend)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from icd_pipeline.data.voc import read_mask
-from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_agreement, image_gate_classes
+from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_agreement, image_gate_classes, image_spread
 from icd_pipeline.stages import make_pseudo_masks as mpm
 
 from tests.test_cam_fallback import two_class_maps
@@ -42,6 +43,37 @@ def test_image_gate_picks_the_classes_whose_map_disagrees_with_the_cam():
     assert (gated[2:, 5:] == 3).all() and not (gated[:2, :4] == 3).any()
 
 
+def test_image_spread_is_the_ratio_of_foreground_areas():
+    td, cam = two_class_maps()
+    # class 1: both maps call the 24 left pixels; class 3: the top rows (16) against columns 5-7
+    # (18; column 4 is 0.25 of the maximum, below 0.3)
+    assert image_spread(td, cam, 0.2, 0.3).tolist() == pytest.approx([1.0, 16 / 18])
+    flood = td.copy()
+    flood[1] = 1.0                                   # class 3's map is the whole image: 48 / 18
+    assert image_spread(flood, cam, 0.2, 0.3)[1] == pytest.approx(48 / 18)
+    assert image_spread(flood, cam, 0.2, 0.2)[1] == pytest.approx(48 / 24)   # column 4 joins the CAM
+    # a CAM with nothing positive counts as one pixel, not a division by zero
+    assert image_spread(flood[1:], -np.ones_like(cam[1:]), 0.2, 0.3).tolist() == [48.0]
+    with pytest.raises(ValueError, match="one shape"):
+        image_spread(td, cam[:1], 0.2, 0.3)
+
+
+def test_spread_gate_sends_a_flooding_class_to_the_cam():
+    td, cam = two_class_maps()
+    flood = td.copy()
+    flood[1] = 1.0 + np.linspace(0, 0.1, 8)[None, :]   # correlates with the CAM, yet covers the image
+    record = {"class_ids": [1, 3], "td": flood, "cam": cam, "image_hw": (6, 8), "valid_hw": None}
+    assert image_agreement(flood, cam)[1] > 0.5
+    assert mpm.image_gate_for(record, {"icd_image_gate": 0.0}) == []
+    pm = {"cam_bg_threshold": 0.3}
+    seeds_cfg = {"icd_image_gate": 0.0, "icd_spread_gate": 2.0, "icd_fg_threshold": 0.2}
+    assert mpm.image_gate_for(record, seeds_cfg, pm) == [3]
+    assert mpm.image_gate_for(record, {**seeds_cfg, "icd_spread_gate": 3.0}, pm) == []
+    # the gated class takes the CAM rule: columns 5-7, not the whole image
+    seed = mpm.icd_seed_for(flood, cam, [1, 3], pm, seeds_cfg, image_cam_only=[3])
+    assert (seed[:, 5:] == 3).all() and not (seed[:, :5] == 3).any()
+
+
 def test_blend_seed_limits():
     td, cam = two_class_maps()
     # all weight on the CAM: the CAM seed at the same threshold
@@ -51,6 +83,12 @@ def test_blend_seed_limits():
     assert np.array_equal(blend_seed(td, cam, [1, 3], 0.0, 0.3), cam_seed(td, [1, 3], 0.3))
     # every class CAM-only: the CAM seed whatever the weight
     assert np.array_equal(blend_seed(td, cam, [1, 3], 0.5, 0.3, cam_only=[1, 3]), cam_seed(cam, [1, 3], 0.3))
+    # with the CAM seed's threshold, a fallback class is cut where the CAM seed cuts it, not at the
+    # blend's threshold: column 4 (0.25 of class 3's maximum) is class 3 at 0.2 only with the CAM's
+    assert np.array_equal(blend_seed(td, cam, [1, 3], 0.5, 0.3, cam_only=[1, 3], cam_threshold=0.2),
+                          cam_seed(cam, [1, 3], 0.2))
+    assert (blend_seed(td, cam, [1, 3], 0.5, 0.2, cam_only=[3], cam_threshold=0.3)[:, 4] != 3).all()
+    assert (blend_seed(td, cam, [1, 3], 0.5, 0.2, cam_only=[3])[2:, 4] == 3).all()
     with pytest.raises(ValueError, match="cam_weight"):
         blend_seed(td, cam, [1, 3], 1.5, 0.3)
     with pytest.raises(ValueError, match="threshold"):
@@ -101,6 +139,17 @@ def test_stage_applies_the_gate_and_the_blend_and_records_the_gate(tmp_path):
             present = [int(c) for c in r.read(i)["class_ids"]]
         if sorted(gated[i]) == present:
             assert np.array_equal(read_mask(out_shut / "icd_seed" / f"{i}.png"), read_mask(out_shut / "cam" / f"{i}.png"))
+    # a spread gate no class exceeds changes nothing; one every class exceeds gives the CAM seed
+    for name, above in (("wide", 1e9), ("narrow", 1e-6)):
+        assert mpm.main(["--config-json", json.dumps({**base, "seeds": {"icd_spread_gate": above}}), "--data-root",
+                         str(root), "--maps", str(maps_path), "--out-dir", str(tmp_path / name), "--workers", "1"]) == 0
+    narrow = json.loads((tmp_path / "narrow" / "manifest.json").read_text())["image_gate"]
+    assert sum(g for g, _ in narrow.values()) == sum(n for _, n in narrow.values()) > 0
+    for i in ids:
+        assert np.array_equal(read_mask(tmp_path / "wide" / "icd_crf" / f"{i}.png"),
+                              read_mask(out_paper / "icd_crf" / f"{i}.png"))
+        assert np.array_equal(read_mask(tmp_path / "narrow" / "icd_seed" / f"{i}.png"),
+                              read_mask(tmp_path / "narrow" / "cam" / f"{i}.png"))
     # the blend at full CAM weight is the CAM seed at the blend threshold (0.3 = cam_bg_threshold here)
     out_blend = tmp_path / "blend"
     cfg = {**base, "seeds": {"icd_cam_blend": 1.0, "icd_blend_threshold": 0.3}}
@@ -115,7 +164,8 @@ def test_bad_blend_settings_are_refused_by_the_schema(tmp_path):
     from tests.test_seeds_crf import _fake_dataset_and_maps  # noqa: PLC0415
 
     root, maps_path, _ = _fake_dataset_and_maps(tmp_path, n=3)
-    for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2}):
+    for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2},
+                  {"icd_spread_gate": 0}):
         out = tmp_path / "bad"
         cfg = {"pseudo_masks": {"crf": {"iterations": 1}}, "seeds": seeds}
         assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),

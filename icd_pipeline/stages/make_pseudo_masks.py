@@ -53,7 +53,7 @@ from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
 from icd_pipeline.seeds import (EPS, VOID, blend_seed, cam_fallback_classes, cam_seed, icd_seed, image_gate_classes,
-                                saliency_seeds, upsample_maps)
+                                image_spread, saliency_seeds, upsample_maps)
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -166,7 +166,7 @@ def icd_seed_for(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], pm_c
     cam_only = sorted(set(int(c) for c in cam_fallback) | {int(c) for c in image_cam_only})
     if seeds_cfg.get("icd_cam_blend") is not None:
         return blend_seed(td, cam, class_ids, seeds_cfg["icd_cam_blend"], seeds_cfg.get("icd_blend_threshold", 0.3),
-                          cam_only)
+                          cam_only, pm_cfg.get("cam_bg_threshold", 0.3))
     return icd_seed(td, cam, class_ids, seeds_cfg.get("icd_bg_threshold", EPS), seeds_cfg.get("icd_fg_threshold", EPS),
                     cam_only, pm_cfg.get("cam_bg_threshold", 0.3))
 
@@ -218,11 +218,23 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
     return out
 
 
-def image_gate_for(record: dict, seeds_cfg: dict | None) -> list[int]:
-    """The classes of one maps record whose top-down map agrees with the CAM, on the map cells
-    of this image, less than ``seeds.icd_image_gate`` (:func:`seeds.image_gate_classes`)."""
-    return image_gate_classes(record["td"], record["cam"], [int(c) for c in record["class_ids"]],
-                              (seeds_cfg or {}).get("icd_image_gate"))
+def image_gate_for(record: dict, seeds_cfg: dict | None, pm_cfg: dict | None = None,
+                   cell: tuple[float, float] | None = None) -> list[int]:
+    """The classes of one maps record whose ICD seed comes from the CAM in this image: those whose
+    top-down map agrees with the CAM, on the map cells, less than ``seeds.icd_image_gate``
+    (:func:`seeds.image_gate_classes`), and those whose top-down foreground, at image size, is more
+    than ``seeds.icd_spread_gate`` times the CAM's (:func:`seeds.image_spread`)."""
+    seeds_cfg = seeds_cfg or {}
+    class_ids = [int(c) for c in record["class_ids"]]
+    gated = set(image_gate_classes(record["td"], record["cam"], class_ids, seeds_cfg.get("icd_image_gate")))
+    above = seeds_cfg.get("icd_spread_gate")
+    if above is not None and class_ids:
+        hw = tuple(int(v) for v in record["image_hw"])
+        cam, td = (upsample_maps(record[k], hw, record.get("valid_hw"), cell) for k in ("cam", "td"))
+        spread = image_spread(td, cam, seeds_cfg.get("icd_fg_threshold", EPS),
+                              (pm_cfg or {}).get("cam_bg_threshold", 0.3))
+        gated |= {c for c, r in zip(class_ids, spread) if r > float(above)}
+    return sorted(gated)
 
 
 # --------------------------------------------------------------------------- workers
@@ -261,7 +273,7 @@ def _process(image_id: str) -> tuple[str, dict[str, list[int]], list[int], list[
     if _STATE["saliency_dir"] is not None:
         saliency = read_saliency(_STATE["saliency_dir"] / f"{image_id}.png", image.shape[:2])
     try:
-        gated = image_gate_for(record, _STATE["seeds_cfg"])
+        gated = image_gate_for(record, _STATE["seeds_cfg"], _STATE["pm_cfg"], cell)
         masks = pseudo_masks_for_image(image, record, _STATE["num_labels"], _STATE["pm_cfg"], cell,
                                        _STATE["seeds_cfg"], saliency, _STATE["cam_fallback"], gated)
     except ValueError as exc:
@@ -359,7 +371,8 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "saliency_dir": None if sal_folder is None else str(sal_folder),
             "cam_fallback": [layout.class_names[c] for c in fallback],
             "image_gate": ({layout.class_names[c]: [int(g), int(n)] for c, (g, n) in enumerate(gate_counts) if n}
-                           if (seeds_cfg or {}).get("icd_image_gate") is not None else {}),
+                           if any((seeds_cfg or {}).get(k) is not None for k in ("icd_image_gate", "icd_spread_gate"))
+                           else {}),
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
                             (totals[m] / max(int(totals[m].sum()), 1)).round(6).tolist()))
@@ -403,8 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
                      ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         if manifest["image_gate"]:
-            log.info("image gate (top-down map vs CAM correlation < %s), ICD seeds from the CAM in: %s",
-                     cfg["seeds"]["icd_image_gate"],
+            log.info("image gate (top-down map vs CAM correlation < %s, or foreground > %s x the CAM's), ICD seeds "
+                     "from the CAM in: %s", cfg["seeds"].get("icd_image_gate"), cfg["seeds"].get("icd_spread_gate"),
                      ", ".join(f"{n} {g}/{k}" for n, (g, k) in manifest["image_gate"].items() if g))
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
