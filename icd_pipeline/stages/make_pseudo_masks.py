@@ -369,7 +369,8 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             "config": pm_cfg,
             "seeds": seeds_cfg or {},
             "saliency_dir": None if sal_folder is None else str(sal_folder),
-            "cam_fallback": [layout.class_names[c] for c in fallback],
+            # the classes of this split's images only (a class with no training image has agreement 0)
+            "cam_fallback": [layout.class_names[c] for c in fallback if gate_counts[c, 1]],
             "image_gate": ({layout.class_names[c]: [int(g), int(n)] for c, (g, n) in enumerate(gate_counts) if n}
                            if any((seeds_cfg or {}).get(k) is not None for k in ("icd_image_gate", "icd_spread_gate"))
                            else {}),
