@@ -132,7 +132,7 @@ def _quick_image(args):
     """Confusion matrices of one image: CAM and ICD seeds, and with ``crf`` their CRF too."""
     from icd_pipeline.data.voc import read_image, read_mask
     from icd_pipeline.evaluate import confusion_matrix
-    from icd_pipeline.stages.make_pseudo_masks import icd_seed_for, image_gate_for, image_maps, refine
+    from icd_pipeline.stages.make_pseudo_masks import cell_size, icd_seed_for, image_gate_for, image_maps, refine
     from icd_pipeline.seeds import cam_seed
 
     image_id, crf = args
@@ -143,7 +143,7 @@ def _quick_image(args):
     pm, sd = cfg["pseudo_masks"], cfg["seeds"]
     seeds = {"CAM": cam_seed(cam, ids, pm["cam_bg_threshold"]),
              "ICD": icd_seed_for(td, cam, ids, pm, sd, [c for c in ids if c in _Q["fallback"]],
-                                 image_gate_for(rec, sd))}
+                                 image_gate_for(rec, sd, pm, cell_size(rec, reader.attrs)))}
     if crf:
         image = read_image(layout.image_path(image_id))
         for m in ("CAM", "ICD"):

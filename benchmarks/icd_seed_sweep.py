@@ -60,10 +60,8 @@ def seeds_of(record: dict, td, cam, cfg: dict, gates, blends, spread_gates=(None
             out["ICD" + tag] = icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"], only, cam_t)
             for w, t in blends:
                 out[f"blend {w:g}/{t:g}{tag}"] = blend_seed(td, cam, ids, w, t, only, cam_t)
-                if fallback_at_blend and only:  # the fallback classes cut at the blend's threshold instead
+                if fallback_at_blend:  # the gated classes cut at the blend's threshold instead
                     out[f"blend {w:g}/{t:g}{tag} fallback at {t:g}"] = blend_seed(td, cam, ids, w, t, only)
-                elif fallback_at_blend:
-                    out[f"blend {w:g}/{t:g}{tag} fallback at {t:g}"] = out[f"blend {w:g}/{t:g}{tag}"]
     return out
 
 

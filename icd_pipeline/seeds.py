@@ -390,9 +390,15 @@ def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_we
     only = _fallback_rows(class_ids, cam_only)
     scale = 1.0 if cam_threshold is None else threshold / _check_threshold(cam_threshold, "cam_threshold")
     score[only] = cam_n[only] * scale
+    return _argmax_seed(score, class_ids, threshold)
+
+
+def _argmax_seed(score: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> np.ndarray:
+    """The CAM rule on per-class scores already in [0, 1]: the argmax class, background where the
+    best score is below ``bg_threshold``; no 255."""
     labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
     seed = labels[score.argmax(axis=0)]
-    seed[score.max(axis=0) < threshold] = 0
+    seed[score.max(axis=0) < bg_threshold] = 0
     return seed
 
 
@@ -401,11 +407,7 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
     maximum over classes is below ``bg_threshold``, else the argmax class id. No 255."""
     cam = np.asarray(cam, dtype=np.float32)
     _check(cam, class_ids, "cam")
-    labels = np.asarray([int(c) for c in class_ids], dtype=np.uint8)
-    a = relu_max_normalise(cam)
-    seed = labels[a.argmax(axis=0)]
-    seed[a.max(axis=0) < bg_threshold] = 0
-    return seed
+    return _argmax_seed(relu_max_normalise(cam), class_ids, bg_threshold)
 
 
 __all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "relu_max_normalise", "icd_seed", "saliency_seed",

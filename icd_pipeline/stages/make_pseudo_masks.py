@@ -197,7 +197,8 @@ def pseudo_masks_for_image(image: np.ndarray, record: dict, num_labels: int, pm_
         cam_maps = upsample_maps(record["cam"], (H, W), valid, cell)
         cam_t = pm_cfg.get("cam_bg_threshold", 0.3)
         cam = cam_seed(cam_maps, class_ids, cam_t)
-        class_fallback = [c for c in class_ids if c in set(cam_fallback)]
+        fallback_set = set(cam_fallback)
+        class_fallback = [c for c in class_ids if c in fallback_set]
         icd = icd_seed_for(td, cam_maps, class_ids, pm_cfg, seeds_cfg, class_fallback, image_cam_only)
         if saliency is not None:
             sal = saliency_seeds(td, cam_maps, class_ids, saliency, seeds_cfg.get("saliency_bg_threshold", 0.01),
