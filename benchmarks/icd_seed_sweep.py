@@ -21,6 +21,7 @@ maps of ``train`` (``--crf-every 4``) and ``train_animals`` (``--crf-every 3``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -33,35 +34,45 @@ from icd_pipeline.config import load_config  # noqa: E402
 from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
 from icd_pipeline.evaluate import confusion_matrix, scores  # noqa: E402
 from icd_pipeline.maps_io import MapsReader  # noqa: E402
-from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed  # noqa: E402
+from icd_pipeline.seeds import blend_seed, cam_fallback_classes, cam_seed, icd_seed  # noqa: E402
 from icd_pipeline.stages.make_pseudo_masks import cell_size, image_gate_for, image_maps, refine  # noqa: E402
 
 _G: dict = {}
 
 
-def _init(maps: str, data_root: str, cfg: dict, gates, blends, spread_gates=(None,), fallback_at_blend=False) -> None:
-    _G.update(reader=MapsReader(maps), layout=VOCLayout.open(data_root), cfg=cfg, gates=gates, blends=blends,
-              spread_gates=spread_gates, fallback_at_blend=fallback_at_blend)
+def _init(maps: str, data_root: str, cfg: dict, gates, blends, spread_gates=(None,), fallback_at_blend=False,
+          min_spreads=(None,), class_fallback=False) -> None:
+    reader = MapsReader(maps)
+    fallback = (cam_fallback_classes(reader.attrs.get("class_agreement"), cfg["seeds"].get("cam_fallback_below"))
+                if class_fallback else [])
+    _G.update(reader=reader, layout=VOCLayout.open(data_root), cfg=cfg, gates=gates, blends=blends,
+              spread_gates=spread_gates, fallback_at_blend=fallback_at_blend, min_spreads=min_spreads,
+              class_fallback=fallback)
 
 
 def seeds_of(record: dict, td, cam, cfg: dict, gates, blends, spread_gates=(None,), cell=None,
-             fallback_at_blend: bool = False) -> dict:
+             fallback_at_blend: bool = False, min_spreads=(None,), class_fallback=()) -> dict:
     """Every rule's seed of one image (``td``, ``cam``: upsampled maps of its present classes).
-    A rule's CAM fallbacks are the stage's (``image_gate_for``): the correlation gate ``gate`` or
-    the spread gate ``spread``, either one."""
+    A rule's CAM fallbacks are the stage's (``image_gate_for``): the correlation gate ``gate``
+    (where the spread ratio is above ``min_spread``, ``seeds.icd_image_gate_min_spread``) or the
+    spread gate ``spread``, either one, and the classes of ``class_fallback``."""
     pm, sd = cfg["pseudo_masks"], cfg["seeds"]
     ids = [int(c) for c in record["class_ids"]]
     cam_t = pm["cam_bg_threshold"]
     out = {"CAM": cam_seed(cam, ids, cam_t)}
-    for gate in gates:
-        for spread in spread_gates:
-            only = image_gate_for(record, {**sd, "icd_image_gate": gate, "icd_spread_gate": spread}, pm, cell)
-            tag = ("" if gate is None else f" gate {gate:g}") + ("" if spread is None else f" spread {spread:g}")
-            out["ICD" + tag] = icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"], only, cam_t)
-            for w, t in blends:
-                out[f"blend {w:g}/{t:g}{tag}"] = blend_seed(td, cam, ids, w, t, only, cam_t)
-                if fallback_at_blend:  # the gated classes cut at the blend's threshold instead
-                    out[f"blend {w:g}/{t:g}{tag} fallback at {t:g}"] = blend_seed(td, cam, ids, w, t, only)
+    fallback = {int(c) for c in class_fallback} & set(ids)
+    for gate, spread, min_spread in itertools.product(gates, spread_gates, min_spreads):
+        if gate is None and min_spread is not None:
+            continue
+        only = sorted(fallback | set(image_gate_for(record, {**sd, "icd_image_gate": gate, "icd_spread_gate": spread,
+                                                             "icd_image_gate_min_spread": min_spread}, pm, cell)))
+        tag = (("" if gate is None else f" gate {gate:g}") + ("" if min_spread is None else f" if spread > {min_spread:g}")
+               + ("" if spread is None else f" spread {spread:g}"))
+        out["ICD" + tag] = icd_seed(td, cam, ids, sd["icd_bg_threshold"], sd["icd_fg_threshold"], only, cam_t)
+        for w, t in blends:
+            out[f"blend {w:g}/{t:g}{tag}"] = blend_seed(td, cam, ids, w, t, only, cam_t)
+            if fallback_at_blend:  # the gated classes cut at the blend's threshold instead
+                out[f"blend {w:g}/{t:g}{tag} fallback at {t:g}"] = blend_seed(td, cam, ids, w, t, only)
     return out
 
 
@@ -71,7 +82,7 @@ def _one(job):
     rec = reader.read(image_id)
     cam, td = image_maps(rec, reader.attrs)
     seeds = seeds_of(rec, td, cam, cfg, _G["gates"], _G["blends"], _G["spread_gates"], cell_size(rec, reader.attrs),
-                     _G["fallback_at_blend"])
+                     _G["fallback_at_blend"], _G["min_spreads"], _G["class_fallback"])
     gt = read_mask(layout.mask_path(image_id), layout.num_classes)
     res = {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
     if crf:
@@ -95,6 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--gates", nargs="+", type=_gate, default=[None, 0.0, 0.2, 0.4])
     ap.add_argument("--spread-gates", nargs="+", type=_gate, default=[None],
                     help="seeds.icd_spread_gate values, each combined with every --gates value (None: off)")
+    ap.add_argument("--gate-min-spreads", nargs="+", type=_gate, default=[None],
+                    help="seeds.icd_image_gate_min_spread values, each combined with every (not None) --gates value")
+    ap.add_argument("--class-fallback", action="store_true",
+                    help="every ICD rule also sends the config's seeds.cam_fallback_below classes (from the maps "
+                         "file's agreement) to the CAM, as the stage does")
     ap.add_argument("--fallback-at-blend", action="store_true",
                     help="also the blends with the gated classes cut at the blend's threshold (before 2026-12-03) "
                          "instead of pseudo_masks.cam_bg_threshold")
@@ -114,7 +130,8 @@ def main(argv=None) -> int:
     cms: dict = {}
     with mp.get_context("fork").Pool(args.workers, initializer=_init,
                                      initargs=(args.maps, args.data_root, cfg, args.gates, blends, args.spread_gates,
-                                               args.fallback_at_blend)) as pool:
+                                               args.fallback_at_blend, args.gate_min_spreads,
+                                               args.class_fallback)) as pool:
         for res in pool.imap(_one, jobs, chunksize=4):
             for m, cm in res.items():
                 cms[m] = cms.get(m, 0) + cm

@@ -74,6 +74,27 @@ def test_spread_gate_sends_a_flooding_class_to_the_cam():
     assert (seed[:, 5:] == 3).all() and not (seed[:, :5] == 3).any()
 
 
+def test_image_gate_min_spread_spares_a_compact_map_that_disagrees():
+    cam = np.zeros((2, 6, 8), np.float32)
+    cam[0, :, :3] = 1.0                                # class 1's CAM: columns 0-2 (18 pixels)
+    cam[1, :, 6:] = 1.0                                # class 3's CAM: columns 6-7 (12 pixels)
+    td = np.zeros_like(cam)
+    td[0, :, 3:5] = 1.0                                # compact, beside its CAM: 12 pixels, ratio 2/3
+    td[1, :, :6] = 1.0                                 # the rest of the image: 36 pixels, ratio 3
+    record = {"class_ids": [1, 3], "td": td, "cam": cam, "image_hw": (6, 8), "valid_hw": None}
+    assert (image_agreement(td, cam) < 0).all()
+    pm = {"cam_bg_threshold": 0.3}
+    seeds_cfg = {"icd_image_gate": 0.0, "icd_fg_threshold": 0.2}
+    assert mpm.image_gate_for(record, seeds_cfg, pm) == [1, 3]
+    assert mpm.image_gate_for(record, {**seeds_cfg, "icd_image_gate_min_spread": 2.0}, pm) == [3]
+    assert mpm.image_gate_for(record, {**seeds_cfg, "icd_image_gate_min_spread": 3.0}, pm) == []
+    # the spread alone does not gate: without icd_image_gate nothing is sent to the CAM
+    assert mpm.image_gate_for(record, {"icd_image_gate_min_spread": 2.0, "icd_fg_threshold": 0.2}, pm) == []
+    # with the spread gate as well, a class past it is gated whatever its correlation
+    both = {**seeds_cfg, "icd_image_gate_min_spread": 3.0, "icd_spread_gate": 2.5}
+    assert mpm.image_gate_for(record, both, pm) == [3]
+
+
 def test_blend_seed_limits():
     td, cam = two_class_maps()
     # all weight on the CAM: the CAM seed at the same threshold
@@ -165,9 +186,40 @@ def test_bad_blend_settings_are_refused_by_the_schema(tmp_path):
 
     root, maps_path, _ = _fake_dataset_and_maps(tmp_path, n=3)
     for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2},
-                  {"icd_spread_gate": 0}):
+                  {"icd_spread_gate": 0}, {"icd_image_gate_min_spread": -1}):
         out = tmp_path / "bad"
         cfg = {"pseudo_masks": {"crf": {"iterations": 1}}, "seeds": seeds}
         assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),
                          "--out-dir", str(out), "--workers", "1"]) == 1
         assert not out.exists()
+
+
+def test_seed_sweep_builds_the_stage_seed():
+    """benchmarks/icd_seed_sweep.py, which chose the issue-33 settings, must make the stage's seed
+    for the same settings (gates, minimum spread, class fallback)."""
+    import importlib.util  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "icd_seed_sweep.py"
+    spec = importlib.util.spec_from_file_location("icd_seed_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    rng = np.random.default_rng(1)
+    cam = rng.normal(size=(2, 6, 8)).astype(np.float32)
+    td = rng.normal(size=(2, 6, 8)).astype(np.float32)
+    td[0] = cam[0] + 0.1 * td[0]                          # class 1 agrees with its CAM
+    td[1] = -cam[1] + 0.5                                 # class 3 disagrees with its CAM and spreads
+    record = {"class_ids": [1, 3], "td": td, "cam": cam, "image_hw": (6, 8), "valid_hw": None}
+    pm = {"cam_bg_threshold": 0.4}
+    sd = {"icd_bg_threshold": 1e-5, "icd_fg_threshold": 0.2, "icd_cam_blend": 0.5, "icd_blend_threshold": 0.3}
+    cfg = {"pseudo_masks": pm, "seeds": sd}
+    for min_spread, class_fallback in ((None, ()), (1.0, ()), (50.0, ()), (1.0, (1,))):
+        rows = sweep.seeds_of(record, td, cam, cfg, [0.0], [(0.5, 0.3)], [None], None, False, [min_spread],
+                              class_fallback)
+        stage_cfg = {**sd, "icd_image_gate": 0.0, "icd_image_gate_min_spread": min_spread}
+        gated = mpm.image_gate_for(record, stage_cfg, pm)
+        expected = mpm.icd_seed_for(td, cam, [1, 3], pm, stage_cfg, class_fallback, gated)
+        tag = " gate 0" + ("" if min_spread is None else f" if spread > {min_spread:g}")
+        assert np.array_equal(rows["blend 0.5/0.3" + tag], expected)
+    assert mpm.image_gate_for(record, {**sd, "icd_image_gate": 0.0}, pm) == [3]
+    assert mpm.image_gate_for(record, {**sd, "icd_image_gate": 0.0, "icd_image_gate_min_spread": 50.0}, pm) == []

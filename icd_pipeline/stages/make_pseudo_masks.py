@@ -223,18 +223,23 @@ def image_gate_for(record: dict, seeds_cfg: dict | None, pm_cfg: dict | None = N
                    cell: tuple[float, float] | None = None) -> list[int]:
     """The classes of one maps record whose ICD seed comes from the CAM in this image: those whose
     top-down map agrees with the CAM, on the map cells, less than ``seeds.icd_image_gate``
-    (:func:`seeds.image_gate_classes`), and those whose top-down foreground, at image size, is more
-    than ``seeds.icd_spread_gate`` times the CAM's (:func:`seeds.image_spread`)."""
+    (:func:`seeds.image_gate_classes`) - with ``seeds.icd_image_gate_min_spread``, only where their
+    spread ratio (:func:`seeds.image_spread`) is also above that - and those whose top-down
+    foreground, at image size, is more than ``seeds.icd_spread_gate`` times the CAM's."""
     seeds_cfg = seeds_cfg or {}
     class_ids = [int(c) for c in record["class_ids"]]
     gated = set(image_gate_classes(record["td"], record["cam"], class_ids, seeds_cfg.get("icd_image_gate")))
     above = seeds_cfg.get("icd_spread_gate")
-    if above is not None and class_ids:
+    min_spread = seeds_cfg.get("icd_image_gate_min_spread")
+    if (above is not None or (min_spread is not None and gated)) and class_ids:
         hw = tuple(int(v) for v in record["image_hw"])
         cam, td = (upsample_maps(record[k], hw, record.get("valid_hw"), cell) for k in ("cam", "td"))
-        spread = image_spread(td, cam, seeds_cfg.get("icd_fg_threshold", EPS),
-                              (pm_cfg or {}).get("cam_bg_threshold", 0.3))
-        gated |= {c for c, r in zip(class_ids, spread) if r > float(above)}
+        spread = dict(zip(class_ids, image_spread(td, cam, seeds_cfg.get("icd_fg_threshold", EPS),
+                                                  (pm_cfg or {}).get("cam_bg_threshold", 0.3))))
+        if min_spread is not None:
+            gated = {c for c in gated if spread[c] > float(min_spread)}
+        if above is not None:
+            gated |= {c for c in class_ids if spread[c] > float(above)}
     return sorted(gated)
 
 
