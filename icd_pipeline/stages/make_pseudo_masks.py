@@ -423,8 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
                      ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         if manifest["image_gate"]:
-            log.info("image gate (top-down map vs CAM correlation < %s, or foreground > %s x the CAM's), ICD seeds "
-                     "from the CAM in: %s", cfg["seeds"].get("icd_image_gate"), cfg["seeds"].get("icd_spread_gate"),
+            log.info("image gate (top-down map vs CAM correlation < %s where the foreground is > %s x the CAM's, or "
+                     "foreground > %s x the CAM's), ICD seeds from the CAM in: %s", cfg["seeds"].get("icd_image_gate"),
+                     cfg["seeds"].get("icd_image_gate_min_spread") or 0, cfg["seeds"].get("icd_spread_gate"),
                      ", ".join(f"{n} {g}/{k}" for n, (g, k) in manifest["image_gate"].items() if g))
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
