@@ -50,7 +50,7 @@ def _init(maps: str, data_root: str, cfg: dict, gates, blends, spread_gates=(Non
               class_fallback=fallback)
 
 
-def seeds_of(record: dict, td, cam, cfg: dict, gates, blends, spread_gates=(None,), cell=None,
+def seeds_of(record: dict, td, cam, cfg: dict, gates, blends, *, spread_gates=(None,), cell=None,
              fallback_at_blend: bool = False, min_spreads=(None,), class_fallback=()) -> dict:
     """Every rule's seed of one image (``td``, ``cam``: upsampled maps of its present classes).
     A rule's CAM fallbacks are the stage's (``image_gate_for``): the correlation gate ``gate``
@@ -81,8 +81,9 @@ def _one(job):
     reader, layout, cfg = _G["reader"], _G["layout"], _G["cfg"]
     rec = reader.read(image_id)
     cam, td = image_maps(rec, reader.attrs)
-    seeds = seeds_of(rec, td, cam, cfg, _G["gates"], _G["blends"], _G["spread_gates"], cell_size(rec, reader.attrs),
-                     _G["fallback_at_blend"], _G["min_spreads"], _G["class_fallback"])
+    seeds = seeds_of(rec, td, cam, cfg, _G["gates"], _G["blends"], spread_gates=_G["spread_gates"],
+                     cell=cell_size(rec, reader.attrs), fallback_at_blend=_G["fallback_at_blend"],
+                     min_spreads=_G["min_spreads"], class_fallback=_G["class_fallback"])
     gt = read_mask(layout.mask_path(image_id), layout.num_classes)
     res = {m: confusion_matrix(gt, s, layout.num_classes)[0] for m, s in seeds.items()}
     if crf:

@@ -214,8 +214,8 @@ def test_seed_sweep_builds_the_stage_seed():
     sd = {"icd_bg_threshold": 1e-5, "icd_fg_threshold": 0.2, "icd_cam_blend": 0.5, "icd_blend_threshold": 0.3}
     cfg = {"pseudo_masks": pm, "seeds": sd}
     for min_spread, class_fallback in ((None, ()), (1.0, ()), (50.0, ()), (1.0, (1,))):
-        rows = sweep.seeds_of(record, td, cam, cfg, [0.0], [(0.5, 0.3)], [None], None, False, [min_spread],
-                              class_fallback)
+        rows = sweep.seeds_of(record, td, cam, cfg, [0.0], [(0.5, 0.3)], min_spreads=[min_spread],
+                              class_fallback=class_fallback)
         stage_cfg = {**sd, "icd_image_gate": 0.0, "icd_image_gate_min_spread": min_spread}
         gated = mpm.image_gate_for(record, stage_cfg, pm)
         expected = mpm.icd_seed_for(td, cam, [1, 3], pm, stage_cfg, class_fallback, gated)
