@@ -355,13 +355,26 @@ def image_spread(td: np.ndarray, cam: np.ndarray, fg_threshold: float, cam_thres
     the CAM to the whole object, so a ratio of 1-2 is expected; far above that the direction has
     flooded the background (issue 33: tvmonitor, pottedplant and train on the sample). A class
     the CAM leaves empty counts as one pixel of CAM foreground."""
+    return spread_ratio(*image_extent(td, cam, fg_threshold, cam_threshold))
+
+
+def image_extent(td: np.ndarray, cam: np.ndarray, fg_threshold: float, cam_threshold: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) pixel counts per present class: the top-down map's foreground (N(T) above
+    ``fg_threshold``) and the CAM's (N(CAM) at least ``cam_threshold``); :func:`image_spread`'s
+    ratio and :func:`image_gate_for`'s cover share both come from them."""
     td = np.asarray(td, dtype=np.float32)
     cam = np.asarray(cam, dtype=np.float32)
     if td.ndim != 3 or td.shape != cam.shape:
         raise ValueError(f"td and cam must be (K, H, W) of one shape, got {td.shape} and {cam.shape}")
     td_fg = (relu_max_normalise(td) > float(fg_threshold)).sum(axis=(1, 2))
     cam_fg = (relu_max_normalise(cam) >= float(cam_threshold)).sum(axis=(1, 2))
-    return td_fg.astype(np.float64) / np.maximum(cam_fg, 1)
+    return td_fg, cam_fg
+
+
+def spread_ratio(td_fg: np.ndarray, cam_fg: np.ndarray) -> np.ndarray:
+    """:func:`image_spread` from :func:`image_extent`'s counts."""
+    return np.asarray(td_fg).astype(np.float64) / np.maximum(cam_fg, 1)
 
 
 def blend_seed(td: np.ndarray, cam: np.ndarray, class_ids: Sequence[int], cam_weight: float, threshold: float,
@@ -412,4 +425,4 @@ def cam_seed(cam: np.ndarray, class_ids: Sequence[int], bg_threshold: float) -> 
 
 __all__ = ["resize_bilinear", "upsample_maps", "minmax_normalise", "relu_max_normalise", "icd_seed", "saliency_seed",
            "salient_seed", "saliency_seeds", "SALIENCY_ASSIGN", "cam_seed", "cam_fallback_classes", "image_agreement",
-           "image_gate_classes", "image_spread", "blend_seed", "VOID"]
+           "image_gate_classes", "image_spread", "image_extent", "spread_ratio", "blend_seed", "VOID"]

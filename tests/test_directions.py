@@ -119,3 +119,30 @@ def test_train_step_with_candidates_trains_each_and_keeps_the_cam_branch():
             assert model.sign().shape == (3,)
     # the classification loss does not depend on the directions
     assert res[1]["loss_cls"].item() == pytest.approx(res[3]["loss_cls"].item())
+
+
+def test_choose_keeps_the_papers_direction_above_the_switch():
+    acc = torch.tensor([[0.24, 0.55, 0.13],    # first good enough: kept, though the second agrees better
+                        [0.04, 0.30, 0.28],    # first near 0: the best candidate
+                        [-0.2, -0.3, -0.4]])   # nothing agrees: the argmax, the first
+    assert choose(acc).tolist() == [1, 1, 0]
+    assert choose(acc, switch_below=0.1).tolist() == [0, 1, 0]
+    assert choose(acc, switch_below=0.3).tolist() == [1, 1, 0]
+    y = torch.ones(1, 3)
+    chosen = update_agreement(acc.clone(), torch.zeros(1, 3, 3), torch.zeros(1, 3, 3, dtype=torch.bool), y,
+                              switch_below=0.1)
+    assert chosen.tolist() == [0, 1, 0]
+
+
+def test_train_step_reads_the_direction_switch():
+    cfg = dict(load_config([])["icd"], bottom_up_images="all", direction_switch_below=-1.0)
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    sp = torch.randint(0, 5, (4, 32, 32))
+    model = tiny(3).train()
+    model.agree_acc.copy_(torch.tensor([[-0.9, 0.9, 0.9]] * 3))   # every class: later candidates agree far better
+    train_step(model, x, y, sp, cfg, 1.0, False)
+    assert model.direction.tolist() == [0, 0, 0]   # every agreement is >= -1: the paper's direction kept
+    model.agree_acc.copy_(torch.tensor([[-0.9, 0.9, 0.9]] * 3))  # one EMA step moves each by < 0.2
+    train_step(model, x, y, sp, dict(cfg, direction_switch_below=None), 1.0, False)
+    assert 0 not in model.direction.tolist()

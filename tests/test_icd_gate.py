@@ -1,6 +1,6 @@
 """ICD seeds that cannot lose a class to the CAM (issue 33): the per-image agreement gate
-(seeds.icd_image_gate), the spread gate (seeds.icd_spread_gate) and the CAM blend
-(seeds.icd_cam_blend)."""
+(seeds.icd_image_gate), the spread gate (seeds.icd_spread_gate), the cover gate
+(seeds.icd_cover_gate) and the CAM blend (seeds.icd_cam_blend)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from icd_pipeline.data.voc import read_mask
-from icd_pipeline.seeds import blend_seed, cam_seed, icd_seed, image_agreement, image_gate_classes, image_spread
+from icd_pipeline.seeds import (blend_seed, cam_seed, icd_seed, image_agreement, image_extent, image_gate_classes,
+                                image_spread)
 from icd_pipeline.stages import make_pseudo_masks as mpm
 
 from tests.test_cam_fallback import two_class_maps
@@ -72,6 +73,23 @@ def test_spread_gate_sends_a_flooding_class_to_the_cam():
     # the gated class takes the CAM rule: columns 5-7, not the whole image
     seed = mpm.icd_seed_for(flood, cam, [1, 3], pm, seeds_cfg, image_cam_only=[3])
     assert (seed[:, 5:] == 3).all() and not (seed[:, :5] == 3).any()
+
+
+def test_cover_gate_sends_a_map_without_background_to_the_cam():
+    td, cam = two_class_maps()
+    flood = td.copy()
+    flood[1] = 1.0 + np.linspace(0, 0.1, 8)[None, :]   # agrees with the CAM, covers all 48 pixels
+    record = {"class_ids": [1, 3], "td": flood, "cam": cam, "image_hw": (6, 8), "valid_hw": None}
+    pm = {"cam_bg_threshold": 0.3}
+    seeds_cfg = {"icd_image_gate": 0.0, "icd_fg_threshold": 0.2}
+    td_fg, _ = image_extent(*mpm.image_maps(record, None)[::-1], 0.2, 0.3)
+    assert td_fg[1] == 48 and td_fg[0] < 0.9 * 48
+    assert mpm.image_gate_for(record, seeds_cfg, pm) == []
+    assert mpm.image_gate_for(record, {**seeds_cfg, "icd_cover_gate": 0.9}, pm) == [3]
+    # the gate is "more than": a map covering exactly the share is kept
+    assert mpm.image_gate_for(record, {**seeds_cfg, "icd_cover_gate": 1.0}, pm) == []
+    # on its own, without the correlation gate
+    assert mpm.image_gate_for(record, {"icd_cover_gate": 0.9, "icd_fg_threshold": 0.2}, pm) == [3]
 
 
 def test_image_gate_min_spread_spares_a_compact_map_that_disagrees():
@@ -186,7 +204,8 @@ def test_bad_blend_settings_are_refused_by_the_schema(tmp_path):
 
     root, maps_path, _ = _fake_dataset_and_maps(tmp_path, n=3)
     for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2},
-                  {"icd_spread_gate": 0}, {"icd_image_gate_min_spread": -1}):
+                  {"icd_spread_gate": 0}, {"icd_image_gate_min_spread": -1}, {"icd_cover_gate": 0},
+                  {"icd_cover_gate": 1.5}):
         out = tmp_path / "bad"
         cfg = {"pseudo_masks": {"crf": {"iterations": 1}}, "seeds": seeds}
         assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),

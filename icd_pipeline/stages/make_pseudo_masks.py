@@ -53,7 +53,7 @@ from icd_pipeline.crf import crf_from_labels, crf_params_from_config
 from icd_pipeline.misc.commands import command_name
 from icd_pipeline.misc.io import atomic_dir
 from icd_pipeline.seeds import (EPS, VOID, blend_seed, cam_fallback_classes, cam_seed, icd_seed, image_gate_classes,
-                                image_spread, saliency_seeds, upsample_maps)
+                                image_extent, saliency_seeds, spread_ratio, upsample_maps)
 
 METHODS = ("cam", "cam_crf", "icd_seed", "icd_crf")
 SALIENCY_METHOD = "icd_sal"
@@ -224,22 +224,27 @@ def image_gate_for(record: dict, seeds_cfg: dict | None, pm_cfg: dict | None = N
     """The classes of one maps record whose ICD seed comes from the CAM in this image: those whose
     top-down map agrees with the CAM, on the map cells, less than ``seeds.icd_image_gate``
     (:func:`seeds.image_gate_classes`) - with ``seeds.icd_image_gate_min_spread``, only where their
-    spread ratio (:func:`seeds.image_spread`) is also above that - and those whose top-down
-    foreground, at image size, is more than ``seeds.icd_spread_gate`` times the CAM's."""
+    spread ratio (:func:`seeds.image_spread`) is also above that - those whose top-down
+    foreground, at image size, is more than ``seeds.icd_spread_gate`` times the CAM's, and those
+    whose top-down foreground covers more than ``seeds.icd_cover_gate`` of the image."""
     seeds_cfg = seeds_cfg or {}
     class_ids = [int(c) for c in record["class_ids"]]
     gated = set(image_gate_classes(record["td"], record["cam"], class_ids, seeds_cfg.get("icd_image_gate")))
     above = seeds_cfg.get("icd_spread_gate")
     min_spread = seeds_cfg.get("icd_image_gate_min_spread")
-    if (above is not None or (min_spread is not None and gated)) and class_ids:
+    cover = seeds_cfg.get("icd_cover_gate")
+    if (above is not None or cover is not None or (min_spread is not None and gated)) and class_ids:
         hw = tuple(int(v) for v in record["image_hw"])
         cam, td = (upsample_maps(record[k], hw, record.get("valid_hw"), cell) for k in ("cam", "td"))
-        spread = dict(zip(class_ids, image_spread(td, cam, seeds_cfg.get("icd_fg_threshold", EPS),
-                                                  (pm_cfg or {}).get("cam_bg_threshold", 0.3))))
+        td_fg, cam_fg = image_extent(td, cam, seeds_cfg.get("icd_fg_threshold", EPS),
+                                     (pm_cfg or {}).get("cam_bg_threshold", 0.3))
+        spread = dict(zip(class_ids, spread_ratio(td_fg, cam_fg)))
         if min_spread is not None:
             gated = {c for c in gated if spread[c] > float(min_spread)}
         if above is not None:
             gated |= {c for c in class_ids if spread[c] > float(above)}
+        if cover is not None:
+            gated |= {c for c, n in zip(class_ids, td_fg) if n > float(cover) * hw[0] * hw[1]}
     return sorted(gated)
 
 
@@ -378,7 +383,7 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             # the classes of this split's images only (a class with no training image has agreement 0)
             "cam_fallback": [layout.class_names[c] for c in fallback if gate_counts[c, 1]],
             "image_gate": ({layout.class_names[c]: [int(g), int(n)] for c, (g, n) in enumerate(gate_counts) if n}
-                           if any((seeds_cfg or {}).get(k) is not None for k in ("icd_image_gate", "icd_spread_gate"))
+                           if any((seeds_cfg or {}).get(k) is not None for k in ("icd_image_gate", "icd_spread_gate", "icd_cover_gate"))
                            else {}),
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
@@ -424,8 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         if manifest["image_gate"]:
             log.info("image gate (top-down map vs CAM correlation < %s where the foreground is > %s x the CAM's, or "
-                     "foreground > %s x the CAM's), ICD seeds from the CAM in: %s", cfg["seeds"].get("icd_image_gate"),
-                     cfg["seeds"].get("icd_image_gate_min_spread") or 0, cfg["seeds"].get("icd_spread_gate"),
+                     "foreground > %s x the CAM's, or > %s of the image), ICD seeds from the CAM in: %s",
+                     cfg["seeds"].get("icd_image_gate"), cfg["seeds"].get("icd_image_gate_min_spread") or 0,
+                     cfg["seeds"].get("icd_spread_gate"), cfg["seeds"].get("icd_cover_gate"),
                      ", ".join(f"{n} {g}/{k}" for n, (g, k) in manifest["image_gate"].items() if g))
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
