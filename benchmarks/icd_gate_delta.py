@@ -7,12 +7,12 @@
 Each ``--set`` is merged into the ``seeds`` section of the configuration the experiment's run
 used (``config.yaml`` + the ``voc2012_sample`` preset + the run's ``overrides.json``). For every
 image the gated classes of :func:`make_pseudo_masks.image_gate_for` are compared under both; where
-they differ the image's pseudo-masks are made again with the new setting (the stage's own
-:func:`pseudo_masks_for_image`, same maps, CRF and class fallback), elsewhere the run's ICD+CRF
+they differ the image's ICD+CRF mask is made again with the new setting (the stage's
+``icd_seed_for`` and ``refine``, same maps, CRF and class fallback), elsewhere the run's ICD+CRF
 mask is the new one too. So the figures are those a full rerun of the pseudo-mask stage would
 give, for the price of the changed images. Only settings that act through ``image_gate_for``
-(``icd_image_gate``, ``icd_image_gate_min_spread``, ``icd_spread_gate``, ``icd_cover_gate``)
-are allowed. The first changed image of each run is also remade with the old setting and must
+(``icd_image_gate``, ``icd_image_gate_min_spread``, ``icd_spread_gate``,
+``icd_spread_gate_multi_label``, ``icd_cover_gate``) are allowed. The first changed image of each run is also remade with the old setting and must
 equal the run's mask, which checks that the run's configuration is the one read here.
 
 Prints per (list, seed) and mean over seeds ICD+CRF − CAM+CRF before and after, the images
@@ -37,12 +37,13 @@ from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
 from icd_pipeline.evaluate import confusion_matrix, scores  # noqa: E402
 from icd_pipeline.maps_io import MapsReader  # noqa: E402
 from icd_pipeline.seeds import cam_fallback_classes  # noqa: E402
-from icd_pipeline.stages.make_pseudo_masks import cell_size, image_gate_for, pseudo_masks_for_image  # noqa: E402
+from icd_pipeline.stages.make_pseudo_masks import cell_size, icd_seed_for, image_gate_for, image_maps, refine  # noqa: E402
 
 DATA = "/work/shared/data/voc2012-sample/VOC2012"
 PRESET = [ROOT / "config.yaml", ROOT / "workflow" / "presets" / "voc2012_sample.yaml"]
 RES = ROOT / "results" / "voc2012-sample"
-GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_cover_gate"}
+GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_spread_gate_multi_label",
+             "icd_cover_gate"}
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -50,6 +51,13 @@ def read_label_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.array(im)
+
+
+def icd_crf(image, record, cam, td, pm: dict, seeds_cfg: dict, fallback, gated, num_labels: int) -> np.ndarray:
+    """The stage's ICD+CRF mask of one image (as :func:`pseudo_masks_for_image` makes it)."""
+    ids = [int(c) for c in record["class_ids"]]
+    seed = icd_seed_for(td, cam, ids, pm, seeds_cfg, [c for c in ids if c in set(fallback)], gated)
+    return refine(image, seed, ids, num_labels, pm)
 
 
 def run_delta(run: Path, split: str, layout: VOCLayout, settings: list[dict]) -> dict:
@@ -81,15 +89,14 @@ def run_delta(run: Path, split: str, layout: VOCLayout, settings: list[dict]) ->
                 cms[f"set {k}"] = cms[f"set {k}"] + cm_icd
                 continue
             changed[k] += 1
-            image = read_image(layout.image_path(image_id)) if image is None else image
+            if image is None:
+                image = (read_image(layout.image_path(image_id)), rec, *image_maps(rec, reader.attrs))
             if not checked:
-                again = pseudo_masks_for_image(image, rec, n, pm, cell, sd, None, fallback, before)["icd_crf"]
-                if not np.array_equal(again, icd):
+                if not np.array_equal(icd_crf(*image, pm, sd, fallback, before, n), icd):
                     raise SystemExit(f"{run}: {image_id} remade with the run's settings differs from its mask; "
                                      "the configuration read here is not the run's")
                 checked = True
-            mask = pseudo_masks_for_image(image, rec, n, pm, cell, new, None, fallback, after)["icd_crf"]
-            cms[f"set {k}"] = cms[f"set {k}"] + confusion_matrix(gt, mask, n)[0]
+            cms[f"set {k}"] = cms[f"set {k}"] + confusion_matrix(gt, icd_crf(*image, pm, new, fallback, after, n), n)[0]
     return {"cms": cms, "changed": changed}
 
 
