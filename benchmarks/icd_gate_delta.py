@@ -11,8 +11,8 @@ they differ the image's ICD+CRF mask is made again with the new setting (the sta
 ``icd_seed_for`` and ``refine``, same maps, CRF and class fallback), elsewhere the run's ICD+CRF
 mask is the new one too. So the figures are those a full rerun of the pseudo-mask stage would
 give, for the price of the changed images. Only settings that act through ``image_gate_for``
-(``icd_image_gate``, ``icd_image_gate_min_spread``, ``icd_spread_gate``,
-``icd_spread_gate_multi_label``, ``icd_cover_gate``) are allowed. The first changed image of each run is also remade with the old setting and must
+(``icd_image_gate``, ``icd_image_gate_min_spread``, ``icd_spread_gate``, ``icd_cover_gate``)
+are allowed. The first changed image of each run is also remade with the old setting and must
 equal the run's mask, which checks that the run's configuration is the one read here.
 
 Prints per (list, seed) and mean over seeds ICD+CRF − CAM+CRF before and after, the images
@@ -42,8 +42,7 @@ from icd_pipeline.stages.make_pseudo_masks import cell_size, icd_seed_for, image
 DATA = "/work/shared/data/voc2012-sample/VOC2012"
 PRESET = [ROOT / "config.yaml", ROOT / "workflow" / "presets" / "voc2012_sample.yaml"]
 RES = ROOT / "results" / "voc2012-sample"
-GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_spread_gate_multi_label",
-             "icd_cover_gate"}
+GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_cover_gate"}
 
 
 def read_label_png(path: Path) -> np.ndarray:

@@ -75,23 +75,6 @@ def test_spread_gate_sends_a_flooding_class_to_the_cam():
     assert (seed[:, 5:] == 3).all() and not (seed[:, :5] == 3).any()
 
 
-def test_multi_label_spread_gate_applies_to_images_of_several_classes():
-    td, cam = two_class_maps()
-    flood = td.copy()
-    flood[1] = 1.0 + np.linspace(0, 0.1, 8)[None, :]   # class 3: 48 pixels against its CAM's
-    pm = {"cam_bg_threshold": 0.3}
-    two = {"class_ids": [1, 3], "td": flood, "cam": cam, "image_hw": (6, 8), "valid_hw": None}
-    one = {"class_ids": [3], "td": flood[1:], "cam": cam[1:], "image_hw": (6, 8), "valid_hw": None}
-    td_fg, cam_fg = image_extent(*mpm.image_maps(two, None)[::-1], 0.2, 0.3)
-    ratio = td_fg[1] / cam_fg[1]
-    cfg = {"icd_fg_threshold": 0.2, "icd_spread_gate": ratio + 1, "icd_spread_gate_multi_label": ratio - 0.5}
-    assert mpm.image_gate_for(two, cfg, pm) == [3]    # two classes: the multi-label ratio
-    assert mpm.image_gate_for(one, cfg, pm) == []     # one class: icd_spread_gate
-    assert mpm.image_gate_for(two, {**cfg, "icd_spread_gate_multi_label": None}, pm) == []
-    # without icd_spread_gate the multi-label value still acts on images of several classes
-    assert mpm.image_gate_for(two, {"icd_fg_threshold": 0.2, "icd_spread_gate_multi_label": ratio - 0.5}, pm) == [3]
-
-
 def test_cover_gate_sends_a_map_without_background_to_the_cam():
     td, cam = two_class_maps()
     flood = td.copy()
@@ -222,7 +205,7 @@ def test_bad_blend_settings_are_refused_by_the_schema(tmp_path):
     root, maps_path, _ = _fake_dataset_and_maps(tmp_path, n=3)
     for seeds in ({"icd_cam_blend": 1.5}, {"icd_blend_threshold": 0}, {"icd_image_gate": 2},
                   {"icd_spread_gate": 0}, {"icd_image_gate_min_spread": -1}, {"icd_cover_gate": 0},
-                  {"icd_cover_gate": 1.5}, {"icd_spread_gate_multi_label": 0}):
+                  {"icd_cover_gate": 1.5}):
         out = tmp_path / "bad"
         cfg = {"pseudo_masks": {"crf": {"iterations": 1}}, "seeds": seeds}
         assert mpm.main(["--config-json", json.dumps(cfg), "--data-root", str(root), "--maps", str(maps_path),

@@ -225,15 +225,12 @@ def image_gate_for(record: dict, seeds_cfg: dict | None, pm_cfg: dict | None = N
     top-down map agrees with the CAM, on the map cells, less than ``seeds.icd_image_gate``
     (:func:`seeds.image_gate_classes`) - with ``seeds.icd_image_gate_min_spread``, only where their
     spread ratio (:func:`seeds.image_spread`) is also above that - those whose top-down
-    foreground, at image size, is more than ``seeds.icd_spread_gate`` times the CAM's (in an image
-    of several classes ``seeds.icd_spread_gate_multi_label`` when set), and those whose top-down
-    foreground covers more than ``seeds.icd_cover_gate`` of the image."""
+    foreground, at image size, is more than ``seeds.icd_spread_gate`` times the CAM's, and those
+    whose top-down foreground covers more than ``seeds.icd_cover_gate`` of the image."""
     seeds_cfg = seeds_cfg or {}
     class_ids = [int(c) for c in record["class_ids"]]
     gated = set(image_gate_classes(record["td"], record["cam"], class_ids, seeds_cfg.get("icd_image_gate")))
     above = seeds_cfg.get("icd_spread_gate")
-    if len(class_ids) > 1 and seeds_cfg.get("icd_spread_gate_multi_label") is not None:
-        above = seeds_cfg["icd_spread_gate_multi_label"]
     min_spread = seeds_cfg.get("icd_image_gate_min_spread")
     cover = seeds_cfg.get("icd_cover_gate")
     if (above is not None or cover is not None or (min_spread is not None and gated)) and class_ids:
@@ -386,8 +383,8 @@ def run(data_root: str | Path, split: str, maps_path: str | Path, out_dir: str |
             # the classes of this split's images only (a class with no training image has agreement 0)
             "cam_fallback": [layout.class_names[c] for c in fallback if gate_counts[c, 1]],
             "image_gate": ({layout.class_names[c]: [int(g), int(n)] for c, (g, n) in enumerate(gate_counts) if n}
-                           if any((seeds_cfg or {}).get(k) is not None for k in ("icd_image_gate", "icd_spread_gate", "icd_spread_gate_multi_label",
-                                                                "icd_cover_gate"))
+                           if any((seeds_cfg or {}).get(k) is not None
+                                  for k in ("icd_image_gate", "icd_spread_gate", "icd_cover_gate"))
                            else {}),
             "pixel_fractions": {
                 m: dict(zip(("background", "foreground", "ignore"),
@@ -432,12 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("ICD seeds from the CAM for %s (direction's agreement with the CAM below %s)",
                      ", ".join(manifest["cam_fallback"]), cfg["seeds"]["cam_fallback_below"])
         if manifest["image_gate"]:
-            sd = cfg["seeds"]
             log.info("image gate (top-down map vs CAM correlation < %s where the foreground is > %s x the CAM's, or "
-                     "foreground > %s x the CAM's (%s x in images of several classes), or > %s of the image), ICD "
-                     "seeds from the CAM in: %s", sd.get("icd_image_gate"), sd.get("icd_image_gate_min_spread") or 0,
-                     sd.get("icd_spread_gate"), sd.get("icd_spread_gate_multi_label") or sd.get("icd_spread_gate"),
-                     sd.get("icd_cover_gate"),
+                     "foreground > %s x the CAM's, or > %s of the image), ICD seeds from the CAM in: %s",
+                     cfg["seeds"].get("icd_image_gate"), cfg["seeds"].get("icd_image_gate_min_spread") or 0,
+                     cfg["seeds"].get("icd_spread_gate"), cfg["seeds"].get("icd_cover_gate"),
                      ", ".join(f"{n} {g}/{k}" for n, (g, k) in manifest["image_gate"].items() if g))
         for m, frac in manifest["pixel_fractions"].items():
             log.info("%-11s background %.3f foreground %.3f ignore %.3f", m, frac["background"],
