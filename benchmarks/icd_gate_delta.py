@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/icd_gate_delta.py --exp pass3 --lists train train_animals --seeds 0 1 2 \
         --set '{"icd_cover_gate": 0.95}' [--set '{"icd_cover_gate": 0.8}' ...]
 
-Each ``--set`` is merged into the ``seeds`` section of the configuration the experiment's run
-used (``config.yaml`` + the ``voc2012_sample`` preset + the run's ``overrides.json``). For every
+Each ``--set`` is merged into the ``seeds`` section the experiment's run used (as its
+pseudo-mask manifest records it, with the run's ``pseudo_masks`` section). For every
 image the gated classes of :func:`make_pseudo_masks.image_gate_for` are compared under both; where
 they differ the image's ICD+CRF mask is made again with the new setting (the stage's
 ``icd_seed_for`` and ``refine``, same maps, CRF and class fallback), elsewhere the run's ICD+CRF
@@ -32,7 +32,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from icd_pipeline.config import deep_merge, load_config  # noqa: E402
+from icd_pipeline.config import deep_merge  # noqa: E402
 from icd_pipeline.data.voc import VOCLayout, read_image, read_mask  # noqa: E402
 from icd_pipeline.evaluate import confusion_matrix, scores  # noqa: E402
 from icd_pipeline.maps_io import MapsReader  # noqa: E402
@@ -40,7 +40,6 @@ from icd_pipeline.seeds import cam_fallback_classes  # noqa: E402
 from icd_pipeline.stages.make_pseudo_masks import cell_size, icd_seed_for, image_gate_for, image_maps, refine  # noqa: E402
 
 DATA = "/work/shared/data/voc2012-sample/VOC2012"
-PRESET = [ROOT / "config.yaml", ROOT / "workflow" / "presets" / "voc2012_sample.yaml"]
 RES = ROOT / "results" / "voc2012-sample"
 GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_cover_gate"}
 
@@ -61,13 +60,13 @@ def icd_crf(image, record, cam, td, pm: dict, seeds_cfg: dict, fallback, gated, 
 
 def run_delta(run: Path, split: str, layout: VOCLayout, settings: list[dict]) -> dict:
     """Confusion matrices of one run: CAM+CRF, ICD+CRF as made, and ICD+CRF under each setting."""
-    overrides = json.loads((run / "overrides.json").read_text())
-    cfg = load_config(PRESET, json.dumps(overrides))
-    pm, sd = cfg["pseudo_masks"], cfg["seeds"]
+    masks = run / "pseudo_masks" / "masks"
+    # the settings the run's stage used, from its manifest: the preset may have changed since
+    manifest = json.loads((masks / "manifest.json").read_text())
+    pm, sd = manifest["config"], manifest["seeds"]
     news = [deep_merge(sd, s) for s in settings]
     reader = MapsReader(run / "maps" / f"{split}.h5")
     fallback = cam_fallback_classes(reader.attrs.get("class_agreement"), sd.get("cam_fallback_below"))
-    masks = run / "pseudo_masks" / "masks"
     n = layout.num_classes
     cms = {"CAM+CRF": 0, "ICD+CRF": 0, **{f"set {k}": 0 for k in range(len(settings))}}
     changed = [0] * len(settings)

@@ -40,11 +40,13 @@ KEY_LINE = re.compile(r"^(\s*)([A-Za-z0-9_]+):(.*)$")
 
 def yaml_comments(path: Path) -> dict[str, str]:
     """{dotted key: its comments}: the trailing comment of the key's line with the comment
-    lines aligned under it, and a comment block right above the key."""
+    lines under it (aligned with it, or indented deeper than a child key would be: a long key
+    pushes its comment right of the file's comment column), and a comment block right above
+    the key."""
     out: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     above: list[str] = []
-    last, last_col = None, None
+    last, last_col, last_indent = None, None, 0
     for line in path.read_text().splitlines():
         stripped = line.strip()
         if not stripped:
@@ -53,7 +55,7 @@ def yaml_comments(path: Path) -> dict[str, str]:
         indent = len(line) - len(line.lstrip())
         if stripped.startswith("#"):
             text = stripped.lstrip("#").strip()
-            if last is not None and last_col is not None and indent >= last_col - 1:
+            if last is not None and last_col is not None and (indent >= last_col - 1 or indent > last_indent + 2):
                 out[last] = f"{out[last]} {text}".strip()
             else:
                 above.append(text)
@@ -75,7 +77,7 @@ def yaml_comments(path: Path) -> dict[str, str]:
         text = " ".join([*above, comment]).strip()
         if text:
             out[dotted] = text
-        above, last, last_col = [], (dotted if comment else None), col
+        above, last, last_col, last_indent = [], (dotted if comment else None), col, indent
     return out
 
 
