@@ -44,17 +44,11 @@ RES = ROOT / "results" / "voc2012-sample"
 GATE_KEYS = {"icd_image_gate", "icd_image_gate_min_spread", "icd_spread_gate", "icd_cover_gate"}
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im)
-
-
 def icd_crf(image, record, cam, td, pm: dict, seeds_cfg: dict, fallback, gated, num_labels: int) -> np.ndarray:
     """The stage's ICD+CRF mask of one image (as :func:`pseudo_masks_for_image` makes it)."""
     ids = [int(c) for c in record["class_ids"]]
-    seed = icd_seed_for(td, cam, ids, pm, seeds_cfg, [c for c in ids if c in set(fallback)], gated)
+    fallback = set(fallback)
+    seed = icd_seed_for(td, cam, ids, pm, seeds_cfg, [c for c in ids if c in fallback], gated)
     return refine(image, seed, ids, num_labels, pm)
 
 
@@ -73,8 +67,8 @@ def run_delta(run: Path, split: str, layout: VOCLayout, settings: list[dict]) ->
     checked = False
     for image_id in layout.ids(split):
         gt = read_mask(layout.mask_path(image_id), n)
-        cms["CAM+CRF"] = cms["CAM+CRF"] + confusion_matrix(gt, read_label_png(masks / "cam_crf" / f"{image_id}.png"), n)[0]
-        icd = read_label_png(masks / "icd_crf" / f"{image_id}.png")
+        cms["CAM+CRF"] = cms["CAM+CRF"] + confusion_matrix(gt, read_mask(masks / "cam_crf" / f"{image_id}.png", n), n)[0]
+        icd = read_mask(masks / "icd_crf" / f"{image_id}.png", n)
         cm_icd = confusion_matrix(gt, icd, n)[0]
         cms["ICD+CRF"] = cms["ICD+CRF"] + cm_icd
         rec = reader.read(image_id)
