@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from .config import ConfigError
 from .diagnostics import class_pixels, masked_pearson, normalised_cam
 from .losses import bu_loss, bu_loss_regions, update_sign
 
@@ -64,12 +65,13 @@ def candidate_agreement(s: torch.Tensor, cam_relu: torch.Tensor, pixels: torch.T
 @torch.no_grad()
 def update_agreement(agree_acc: torch.Tensor, corr: torch.Tensor, valid: torch.Tensor, y: torch.Tensor,
                      momentum: float = 0.9, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     switch_below: float | None = None) -> torch.Tensor:
+                     switch_below: float | None = None, current: torch.Tensor | None = None,
+                     return_above: float | None = None) -> torch.Tensor:
     """EMA of each candidate's agreement with the CAM, updated in place like the sign EMA (spec
     2.3): the batch figure of (class, candidate) is the mean ``corr`` over the images that
     contain the class and where it is ``valid``; a (class, candidate) without such an image keeps
-    its value. Returns the working candidate of each class (K,), :func:`choose`'s. ``reduce``
-    sums over training processes."""
+    its value. Returns the working candidate of each class (K,), :func:`choose`'s (``current``,
+    ``return_above`` as there). ``reduce`` sums over training processes."""
     use = valid.float() * y.float()[:, :, None]
     sums = torch.stack([(corr.float() * use).sum(dim=0), use.sum(dim=0)])  # (2, K, R)
     if reduce is not None:
@@ -79,22 +81,54 @@ def update_agreement(agree_acc: torch.Tensor, corr: torch.Tensor, valid: torch.T
     acc = agree_acc.float()
     new = momentum * acc + (1.0 - momentum) * mean.to(acc.device)
     agree_acc.copy_(torch.where(seen.to(acc.device), new, acc).to(agree_acc.dtype))
-    return choose(agree_acc, switch_below)
+    return choose(agree_acc, switch_below, current=current, return_above=return_above)
 
 
-def choose(agree_acc: torch.Tensor, switch_below: float | None = None) -> torch.Tensor:
+def choose(agree_acc: torch.Tensor, switch_below: float | None = None, *, current: torch.Tensor | None = None,
+           return_above: float | None = None) -> torch.Tensor:
     """(K,) index of the candidate with the highest agreement EMA (the first on ties, i.e. the
     paper's direction). With ``switch_below`` (``icd.direction_switch_below``) a class keeps the
     paper's direction, candidate 0, while its agreement is at least that, and takes the best
     candidate only below it: with the plain argmax a second candidate that agrees a little better
     than a good first one replaced it (horse on `train_animals`, seed 1: 0.55 against 0.24,
     +0.078 -> +0.048), while the classes that need another direction have a first one near 0
-    (sheep: 0.04-0.08)."""
+    (sheep: 0.04-0.08).
+
+    ``return_above`` (``icd.direction_return_above``, >= ``switch_below``) adds hysteresis: a
+    class whose ``current`` working candidate is not the first keeps the best candidate (which
+    may be the first) until the first's agreement is at least ``return_above``, and only then is
+    held on the first again. Without it a first direction hovering at the switch flips the
+    working direction back and forth: sheep on `train`, seed 1, went 0 1 0 1 1 1 0 over the last
+    seven epochs and ended on its first direction at 0.101 against 0.1, with a top-down map
+    trained on the other's targets for half of them."""
     acc = agree_acc.float()
     best = acc.argmax(dim=1)
     if switch_below is None:
+        if return_above is not None:
+            raise ValueError("icd.direction_return_above needs icd.direction_switch_below")
         return best
-    return torch.where(acc[:, 0] >= float(switch_below), torch.zeros_like(best), best)
+    hold = acc[:, 0] >= float(switch_below)
+    if return_above is not None:
+        if float(return_above) < float(switch_below):
+            raise ValueError(f"icd.direction_return_above ({return_above}) is below "
+                             f"icd.direction_switch_below ({switch_below})")
+        if current is not None:
+            switched = current.to(acc.device) != 0
+            hold = torch.where(switched, acc[:, 0] >= float(return_above), hold)
+    return torch.where(hold, torch.zeros_like(best), best)
+
+
+def check_switch(cfg: dict) -> None:
+    """Refuse, before training starts, an ``icd`` section whose direction-switch keys
+    contradict each other (``choose`` would refuse them at the first step)."""
+    below, above = cfg.get("direction_switch_below"), cfg.get("direction_return_above")
+    if above is None:
+        return
+    if below is None:
+        raise ConfigError(f"icd.direction_return_above is {above} but icd.direction_switch_below is null: "
+                          "the return threshold is hysteresis on the switch")
+    if float(above) < float(below):
+        raise ConfigError(f"icd.direction_return_above ({above}) is below icd.direction_switch_below ({below})")
 
 
 def gather_candidate(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -139,11 +173,12 @@ def candidate_bottom_up(model, p: torch.Tensor, cam_relu: torch.Tensor, y: torch
         s_all = p.detach() * sigma_all[None, :, :, None, None]
         corr, valid = candidate_agreement(s_all, cam_relu, class_pixels(cam_relu, y, cfg["bottom_up_floor"]))
         chosen = update_agreement(model.agree_acc, corr, valid, y, momentum=0.9, reduce=reduce,
-                                  switch_below=cfg.get("direction_switch_below"))
+                                  switch_below=cfg.get("direction_switch_below"), current=model.direction,
+                                  return_above=cfg.get("direction_return_above"))
         model.direction.copy_(chosen)
         sigma = sigma_all.gather(1, chosen.to(sigma_all.device)[:, None]).squeeze(1)
     return l_bu, gather_candidate(p, chosen), sigma
 
 
 __all__ = ["candidate_bottom_up", "track_agreement", "deflated_projections", "candidate_agreement",
-           "update_agreement", "choose", "gather_candidate"]
+           "update_agreement", "choose", "check_switch", "gather_candidate"]

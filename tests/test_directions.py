@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from icd_pipeline.config import load_config
-from icd_pipeline.directions import (candidate_agreement, choose, deflated_projections, gather_candidate,
-                                     update_agreement)
+from icd_pipeline.config import ConfigError
+from icd_pipeline.directions import (candidate_agreement, check_switch, choose, deflated_projections,
+                                     gather_candidate, update_agreement)
 from icd_pipeline.losses import bu_loss
 from icd_pipeline.models.backbones import build_backbone
 from icd_pipeline.models.icd import ICDModel
@@ -146,3 +147,57 @@ def test_train_step_reads_the_direction_switch():
     model.agree_acc.copy_(torch.tensor([[-0.9, 0.9, 0.9]] * 3))  # one EMA step moves each by < 0.2
     train_step(model, x, y, sp, dict(cfg, direction_switch_below=None), 1.0, False)
     assert 0 not in model.direction.tolist()
+
+
+def test_return_threshold_holds_a_switched_class_off_the_first_direction():
+    """Hysteresis (icd.direction_return_above): a class that has left candidate 0 goes back to
+    being held on it only once candidate 0 agrees at least ``return_above``."""
+    acc = torch.tensor([[0.15, 0.45, 0.10],    # first between the thresholds, second better
+                        [0.25, 0.40, 0.10],    # first above the return threshold
+                        [0.05, 0.30, 0.20],    # first below the switch
+                        [0.15, 0.10, 0.00]])   # first between, and the best
+    on_first = torch.zeros(4, dtype=torch.long)
+    switched = torch.tensor([1, 2, 1, 1])
+    # on the first direction: the plain switch rule, the return threshold plays no part
+    assert choose(acc, 0.1, current=on_first, return_above=0.2).tolist() == [0, 0, 1, 0]
+    # switched: held on the first only from 0.2 up; between 0.1 and 0.2 the best candidate
+    assert choose(acc, 0.1, current=switched, return_above=0.2).tolist() == [1, 0, 1, 0]
+    # without hysteresis a switched class returns as soon as the first is above the switch
+    assert choose(acc, 0.1, current=switched).tolist() == [0, 0, 1, 0]
+    assert choose(acc, 0.1, current=switched, return_above=0.1).tolist() == [0, 0, 1, 0]
+    y = torch.ones(1, 4)
+    chosen = update_agreement(acc.clone(), torch.zeros(1, 4, 3), torch.zeros(1, 4, 3, dtype=torch.bool), y,
+                              switch_below=0.1, current=switched, return_above=0.2)
+    assert chosen.tolist() == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match="direction_switch_below"):
+        choose(acc, None, current=switched, return_above=0.2)
+    with pytest.raises(ValueError, match="below"):
+        choose(acc, 0.3, current=switched, return_above=0.2)
+
+
+def test_contradictory_switch_settings_are_refused():
+    check_switch({"direction_switch_below": 0.1, "direction_return_above": 0.2})
+    check_switch({"direction_switch_below": 0.1, "direction_return_above": None})
+    check_switch({})
+    with pytest.raises(ConfigError, match="direction_switch_below is null"):
+        check_switch({"direction_switch_below": None, "direction_return_above": 0.2})
+    with pytest.raises(ConfigError, match=r"return_above \(0.05\) is below"):
+        check_switch({"direction_switch_below": 0.1, "direction_return_above": 0.05})
+
+
+def test_train_step_reads_the_return_threshold():
+    cfg = dict(load_config([])["icd"], bottom_up_images="all", direction_switch_below=0.1)
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    sp = torch.randint(0, 5, (4, 32, 32))
+    res = {}
+    for above in (None, 0.9):
+        model = tiny(3).train()
+        model.direction.copy_(torch.tensor([1, 1, 1]))              # every class has switched
+        model.agree_acc.copy_(torch.tensor([[0.3, 0.6, 0.6]] * 3))  # first above the switch, others better
+        train_step(model, x, y, sp, dict(cfg, direction_return_above=above), 1.0, False)
+        res[above] = model.direction.tolist()
+    # one EMA step moves each agreement by at most 0.1+0.03: the first stays in 0.17-0.37, the others
+    # in 0.44-0.64
+    assert res[None] == [0, 0, 0]          # no hysteresis: above the switch, back on the first
+    assert 0 not in res[0.9]               # first below 0.9: still off it, on the best

@@ -130,5 +130,8 @@ def test_resume_continues_at_next_epoch(voc, tmp_path, monkeypatch):
 def test_bad_inputs_fail_cleanly(voc, tmp_path, capsys):
     assert run(voc, tmp_path / "x", icd_config(batch_size=64)) == 1
     assert "fewer than icd.batch_size" in capsys.readouterr().err
+    assert run(voc, tmp_path / "z", icd_config(directions=3, direction_return_above=0.2)) == 1
+    assert "icd.direction_switch_below is null" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
     assert train_icd.main(["--config-json", json.dumps(icd_config()), "--data-root", str(tmp_path / "none"),
                            "--grid-superpixels", "8", "--out-dir", str(tmp_path / "y")]) == 1

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from ..config import ConfigError, add_config_args, config_from_args
 from ..data.voc import ClassificationDataset, DataError, TrainTransform, VOCLayout, multi_hot, read_image
 from ..diagnostics import DIAGNOSTIC_COLUMNS, EpochDiagnostics, batch_diagnostics
-from ..directions import candidate_bottom_up, track_agreement
+from ..directions import candidate_bottom_up, check_switch, track_agreement
 from ..evaluate import average_precision, class_average_precision
 from ..feature_cache import CachedTrainDataset, CacheError, FeatureCache, check_backbone_frozen, check_cache_argument
 from ..losses import (
@@ -184,6 +184,7 @@ def train(config: dict, data_root: str | Path, split: str, out_dir: str | Path,
           superpixels_path: str | Path | None = None, grid_superpixels: int | None = None,
           feature_cache: str | Path | None = None, eval_split: str | None = None) -> dict:
     cfg = config["icd"]
+    check_switch(cfg)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     set_threads()
